@@ -1,0 +1,88 @@
+"""`vitlab <command>`: the command-line face of the library.
+
+Each command lives beside the code it drives (``vitlab.models.commands``, ``vitlab.train.commands``, ...)
+and is imported only when it runs, so `vitlab models` does not pay for importing the training engine.
+A command module provides ``add_arguments(parser)`` and ``run(args) -> int``.
+
+Exit status: 0 on success, 2 on bad input (a :class:`vitlab.errors.VitlabError`, printed as one line on
+stderr), 130 when interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from vitlab.errors import VitlabError
+
+# command name -> (module that implements it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("vitlab.models.commands", "list the model variants with parameters and GMACs"),
+    "pretrain": ("vitlab.train.commands_pretrain", "pre-train a model (the paper's Adam recipe)"),
+    "finetune": ("vitlab.train.commands_finetune", "fine-tune a checkpoint (SGD, zero-init head, new resolution)"),
+    "eval": ("vitlab.train.commands_eval", "evaluate a checkpoint on a dataset"),
+    "fewshot": ("vitlab.evaluate.commands_fewshot", "few-shot linear evaluation (closed-form least squares)"),
+    "suite": ("vitlab.evaluate.commands_suite", "run a VTAB-style multi-task suite"),
+    "demo": ("vitlab.demo", "the main job: pre-train on Fashion-MNIST, transfer to digits, report"),
+    "download": ("vitlab.data.commands_download", "locate or download a dataset (checksummed)"),
+    "dedup": ("vitlab.data.commands_dedup", "find near-duplicates of test images in a pre-training source"),
+    "convert": ("vitlab.interop.commands", "convert weights between vitlab, official .npz, timm and Hugging Face"),
+}
+
+
+def _import_command(module_name: str):
+    """Import a command module; a command whose module is absent is listed but fails when run."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name == module_name:
+            return None
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Parse the command name first so that only that command's module is imported.
+    parser = argparse.ArgumentParser(prog="vitlab", add_help=False)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("command", nargs="?")
+    known, _ = parser.parse_known_args(argv)
+    full = _parser_for(known.command)
+    args = full.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if args.command is None:
+        full.print_help()
+        return 2
+    module = _import_command(args._module)
+    if module is None:
+        print(f"vitlab: command {args.command!r} is not available in this build", file=sys.stderr)
+        return 2
+    try:
+        return int(module.run(args) or 0)
+    except VitlabError as error:
+        print(f"vitlab {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vitlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser_for(command: str | None) -> argparse.ArgumentParser:
+    """A parser that knows every command's name but imports only the chosen command's module."""
+    parser = argparse.ArgumentParser(prog="vitlab", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser.set_defaults(_module=module_name)
+        if name == command:
+            module = _import_command(module_name)
+            if module is not None:
+                module.add_arguments(command_parser)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

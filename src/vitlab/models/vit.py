@@ -1,0 +1,352 @@
+"""The Vision Transformer of Dosovitskiy et al. (2020), Section 3.1 and Appendix B.
+
+An image is cut into P x P patches, each linearly embedded (a conv with kernel = stride = P); a learnable class
+token is prepended (or, with ``classifier="gap"``, the tokens are averaged at the end); position embeddings are
+added; pre-LN Transformer blocks follow, then a final LayerNorm, an optional tanh pre-logits layer and the head.
+
+Defaults follow the official Flax code: LayerNorm eps 1e-6, GELU in its tanh approximation, the official
+initialisers. ``gelu="exact"`` and ``ln_eps`` reproduce timm / Hugging Face numerics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitlab.errors import ConfigError, ShapeError
+from vitlab.models.posemb import POSEMB_KINDS, build_pos_embed
+
+CLASSIFIERS = ("token", "gap")
+GELU_KINDS = ("tanh", "exact")
+
+
+@dataclass
+class ViTConfig:
+    """Everything that defines a ViT. Sizes of the paper's Table 1 live in the registry, not here."""
+
+    img_size: tuple[int, int] = (224, 224)
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    width: int = 768  # D, the token width
+    depth: int = 12  # number of blocks
+    mlp_dim: int = 3072
+    num_heads: int = 12
+    classifier: str = "token"  # "token": class token; "gap": global average pooling of the patch tokens
+    posemb: str = "learned"
+    representation_size: Optional[int] = None  # tanh pre-logits layer of pre-training; None = none
+    dropout: float = 0.0  # after every dense except qkv, and after adding position embeddings
+    attn_dropout: float = 0.0  # on attention probabilities (0 in the paper)
+    drop_path: float = 0.0  # stochastic depth, linearly increasing over blocks up to this rate
+    gelu: str = "tanh"  # "tanh" (official Flax) | "exact" (timm, Hugging Face)
+    ln_eps: float = 1e-6
+    qkv_bias: bool = True
+    # Hybrid (Section 3.1, "Hybrid Architecture"): a ResNet stem whose feature map is cut into patch_size patches.
+    hybrid_layers: Optional[tuple[int, ...]] = None  # ResNet units per stage; None = plain patch embedding
+    hybrid_width: int = 64
+    ws_eps: float = 1e-5
+    ws_style: str = "official"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.img_size, int):
+            self.img_size = (self.img_size, self.img_size)
+        self.img_size = tuple(int(s) for s in self.img_size)  # type: ignore[assignment]
+        if self.hybrid_layers is not None:
+            self.hybrid_layers = tuple(int(n) for n in self.hybrid_layers)
+        _check_choice("classifier", self.classifier, CLASSIFIERS)
+        _check_choice("posemb", self.posemb, POSEMB_KINDS)
+        _check_choice("gelu", self.gelu, GELU_KINDS)
+        for name in ("patch_size", "in_chans", "width", "depth", "mlp_dim", "num_heads"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.num_classes < 0:
+            raise ConfigError(f"num_classes must be >= 0 (0 = no head), got {self.num_classes}")
+        if self.width % self.num_heads:
+            raise ConfigError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        stride = self.patch_size * (self.total_stem_stride if self.hybrid_layers else 1)
+        for side in self.img_size:
+            if side % stride:
+                raise ShapeError(
+                    f"image size {self.img_size[0]}x{self.img_size[1]} is not divisible by the patch size {stride}"
+                    + (" (ResNet stride x patch)" if self.hybrid_layers else "")
+                )
+
+    @property
+    def total_stem_stride(self) -> int:
+        """Stride of the hybrid ResNet: 4 from the stem, x2 for each stage after the first."""
+        return 4 * 2 ** (len(self.hybrid_layers) - 1) if self.hybrid_layers else 1
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        stride = self.patch_size * self.total_stem_stride
+        return (self.img_size[0] // stride, self.img_size[1] // stride)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is unknown; expected one of {', '.join(choices)}")
+
+
+def lecun_normal_(tensor: torch.Tensor) -> torch.Tensor:
+    """Flax's ``lecun_normal``: truncated normal (at 2 std) with variance 1 / fan_in."""
+    fan_in = tensor[0].numel()
+    # 0.8796... is the std of a unit normal truncated to [-2, 2]; dividing by it restores the intended variance.
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    return nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+
+
+class PatchEmbed(nn.Module):
+    """Cut the image into P x P patches and embed each linearly: ``[B, C, H, W] -> [B, N, D]``."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.in_chans, self.img_size, self.patch_size = cfg.in_chans, cfg.img_size, cfg.patch_size
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        lecun_normal_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def grid_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        return (img_size[0] // self.patch_size, img_size[1] // self.patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_image_shape(images, self.in_chans, self.img_size)
+        return self.proj(images).flatten(2).transpose(1, 2)  # [B, N, D]
+
+
+def check_image_shape(images: torch.Tensor, in_chans: int, img_size: tuple[int, int]) -> None:
+    """A clear error instead of a shape mismatch deep inside a conv or the position embedding."""
+    if images.ndim != 4:
+        raise ShapeError(f"expected images [B, C, H, W], got shape {tuple(images.shape)}")
+    if images.shape[1] != in_chans:
+        raise ShapeError(f"expected {in_chans} input channels, got {images.shape[1]} (shape {tuple(images.shape)})")
+    if tuple(images.shape[2:]) != tuple(img_size):
+        raise ShapeError(
+            f"expected {img_size[0]}x{img_size[1]} images, got {images.shape[2]}x{images.shape[3]}; "
+            "resize the input or call model.set_input_size()"
+        )
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection; the product goes through SDPA."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.width // cfg.num_heads
+        self.attn_dropout = cfg.attn_dropout
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(cfg.width, cfg.width)
+        # The official code has separate q, k, v Dense layers, each Xavier-uniform over D x D.
+        for chunk in self.qkv.weight.data.chunk(3, dim=0):
+            nn.init.xavier_uniform_(chunk)
+        nn.init.xavier_uniform_(self.proj.weight)
+        if self.qkv.bias is not None:
+            nn.init.zeros_(self.qkv.bias)
+        nn.init.zeros_(self.proj.bias)
+
+    def _heads(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, length, _ = tokens.shape
+        qkv = self.qkv(tokens).reshape(batch, length, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, head_dim]
+        return q, k, v
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._heads(tokens)
+        dropout = self.attn_dropout if self.training else 0.0
+        mixed = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # [B, heads, N, head_dim]
+        return self.proj(mixed.transpose(1, 2).flatten(2))
+
+    def attention_probs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The softmax attention matrix ``[B, heads, N, N]`` (what SDPA computes but does not return)."""
+        q, k, _ = self._heads(tokens)
+        return torch.softmax((q * self.head_dim**-0.5) @ k.transpose(-2, -1), dim=-1)
+
+
+class Mlp(nn.Module):
+    """Dense(mlp_dim) -> GELU -> Dropout -> Dense(D) -> Dropout (Appendix B / official MlpBlock)."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.width, cfg.mlp_dim)
+        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.width)
+        self.approximate = "tanh" if cfg.gelu == "tanh" else "none"
+        self.drop = nn.Dropout(cfg.dropout)
+        for layer in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.normal_(layer.bias, std=1e-6)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = self.drop(F.gelu(self.fc1(tokens), approximate=self.approximate))
+        return self.drop(self.fc2(hidden))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample, rescaling the survivors."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, branch: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return branch
+        keep = 1.0 - self.rate
+        mask = branch.new_empty((branch.shape[0],) + (1,) * (branch.ndim - 1)).bernoulli_(keep)
+        return branch * mask / keep
+
+
+class Block(nn.Module):
+    """Pre-LN Transformer block: ``x + Attn(LN(x))`` then ``x + MLP(LN(x))`` (Eq. 2-3)."""
+
+    def __init__(self, cfg: ViTConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.attn = Attention(cfg)
+        self.attn_drop_out = nn.Dropout(cfg.dropout)
+        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.mlp = Mlp(cfg)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens + self.drop_path(self.attn_drop_out(self.attn(self.norm1(tokens))))
+        return tokens + self.drop_path(self.mlp(self.norm2(tokens)))
+
+
+class PreLogits(nn.Module):
+    """Dense + tanh "representation" layer used during pre-training (removed for fine-tuning)."""
+
+    def __init__(self, width: int, size: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, size)
+        lecun_normal_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.fc(pooled))
+
+
+class VisionTransformer(nn.Module):
+    """ViT with the uniform model face (forward_features / forward_head / reset_classifier / ...)."""
+
+    family = "vit"
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        if cfg.hybrid_layers:
+            from vitlab.models.hybrid import HybridEmbed  # the ResNet stem of the hybrid models
+
+            self.patch_embed: nn.Module = HybridEmbed(cfg)
+        else:
+            self.patch_embed = PatchEmbed(cfg)
+        self.num_prefix_tokens = 1 if cfg.classifier == "token" else 0
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width)) if self.num_prefix_tokens else None
+        self.pos_embed = build_pos_embed(cfg.posemb, cfg.grid_size, cfg.width, self.num_prefix_tokens)
+        self.pos_drop = nn.Dropout(cfg.dropout)
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear in depth
+        self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.pre_logits: nn.Module = (
+            PreLogits(cfg.width, cfg.representation_size) if cfg.representation_size else nn.Identity()
+        )
+        self.head: nn.Module = self._new_head(cfg.num_classes)
+
+    # -- the model face -------------------------------------------------------------------------------------------
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(images)  # [B, N, D]
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # [B, 1+N, D]
+        return self.pos_drop(self.pos_embed(tokens))
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Encoded tokens after the final LayerNorm: ``[B, prefix + N, D]``."""
+        tokens = self._embed(images)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 0] if self.config.classifier == "token" else tokens.mean(dim=1)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        representation = self.pre_logits(self.pool(features))
+        return representation if pre_logits else self.head(representation)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    def forward_intermediates(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named representations (big_vision style): ``block_{i}``, ``encoded``, ``pooled``, ``pre_logits``, ``logits``."""
+        out: dict[str, torch.Tensor] = {}
+        tokens = self._embed(images)
+        for index, block in enumerate(self.blocks):
+            tokens = block(tokens)
+            out[f"block_{index}"] = tokens
+        out["encoded"] = self.norm(tokens)
+        out["pooled"] = self.pool(out["encoded"])
+        out["pre_logits"] = self.pre_logits(out["pooled"])
+        out["logits"] = self.head(out["pre_logits"])
+        return out
+
+    @torch.no_grad()
+    def get_attention_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Attention probabilities of every block, each ``[B, heads, N, N]`` (N counts the class token)."""
+        maps = []
+        tokens = self._embed(images)
+        for block in self.blocks:
+            maps.append(block.attn.attention_probs(block.norm1(tokens)))
+            tokens = block(tokens)
+        return maps
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Fine-tuning head (Section 3.2): drop the pre-logits layer, add a zero-initialised D x K layer."""
+        self.config.num_classes = num_classes
+        self.config.representation_size = None
+        self.pre_logits = nn.Identity()
+        self.head = self._new_head(num_classes)
+
+    def set_input_size(self, img_size: int | tuple[int, int], method: str = "official") -> None:
+        """Move to another resolution keeping the patch size: the position grid is interpolated in 2-D."""
+        new_cfg = dataclasses.replace(self.config, img_size=img_size)  # validates divisibility
+        self.config.img_size = new_cfg.img_size
+        self.patch_embed.img_size = new_cfg.img_size
+        self.pos_embed.resize(new_cfg.grid_size, method)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that take no weight decay: biases, norms, position embeddings, the class token."""
+        return {
+            name
+            for name, param in self.named_parameters()
+            if param.ndim < 2 or name.startswith("pos_embed.") or name == "cls_token"
+        }
+
+    def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Make a stored state fit this model's grid: position embeddings of another resolution are resized."""
+        adapted = dict(state)
+        if "pos_embed.weight" in adapted and hasattr(self.pos_embed, "adapt_state") and self.config.posemb == "learned":
+            adapted["pos_embed.weight"] = self.pos_embed.adapt_state(adapted["pos_embed.weight"])
+        if self.config.posemb == "learned_2d":
+            for part in ("row", "col"):
+                key = f"pos_embed.{part}"
+                if key in adapted:
+                    adapted[key] = self.pos_embed.adapt_state(part, adapted[key])
+        return adapted
+
+    def _new_head(self, num_classes: int) -> nn.Module:
+        if num_classes == 0:
+            return nn.Identity()
+        head = nn.Linear(self.config.representation_size or self.config.width, num_classes)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        return head

@@ -1,0 +1,172 @@
+"""Saving, loading and checking model weights.
+
+Our format is safetensors with the model's family and config in the metadata, so a file rebuilds its model
+without pickle (``load_model``). ``load_weights`` is the one place where any state dict (ours, converted from the
+official checkpoints, timm or Hugging Face) meets a model: it names missing, unexpected and mis-shaped keys,
+rejects non-finite values and lets the model adapt position embeddings to its own grid.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from vitlab.errors import CheckpointError
+
+FORMAT_KEY = "vitlab.format"
+FORMAT_VERSION = "1"
+
+
+def model_family(model: nn.Module) -> str:
+    family = getattr(model, "family", None)
+    if family is None:
+        raise CheckpointError(f"{type(model).__name__} is not a vitlab model (it has no 'family')")
+    return family
+
+
+def config_dict(model: nn.Module) -> dict[str, Any]:
+    return model.config.to_dict() if hasattr(model.config, "to_dict") else dict(vars(model.config))
+
+
+def atomic_write(path: str | os.PathLike, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write the weights and the config that rebuilds the model (atomically)."""
+    from safetensors.torch import save_file
+
+    metadata = {
+        FORMAT_KEY: FORMAT_VERSION,
+        "vitlab.family": model_family(model),
+        "vitlab.config": json.dumps(config_dict(model)),
+    }
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict and metadata of a safetensors file; a missing or corrupt file is a CheckpointError naming it."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as error:  # safetensors raises several types for truncated / garbled files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+    return state, metadata
+
+
+def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
+    """Rebuild a model saved by :func:`save_model`; ``overrides`` change config fields (e.g. ``img_size=384``)."""
+    from vitlab.models.registry import build_from_config
+
+    state, metadata = read_safetensors(path)
+    if "vitlab.config" not in metadata:
+        raise CheckpointError(f"{path}: no vitlab config in the metadata (not written by vitlab.save_model)")
+    fields = json.loads(metadata["vitlab.config"])
+    fields.update(overrides)
+    model = build_from_config(metadata["vitlab.family"], fields)
+    load_weights(model, state, source=str(path))
+    return model
+
+
+def load_weights(
+    model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "state dict", strict: bool = True
+) -> None:
+    """Load ``state`` into ``model`` after checking it fits; raise a CheckpointError that names every problem."""
+    if hasattr(model, "adapt_state_dict"):
+        state = model.adapt_state_dict(dict(state))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = [
+        f"{key} (file {tuple(state[key].shape)}, model {tuple(expected[key].shape)})"
+        for key in sorted(set(state) & set(expected))
+        if tuple(state[key].shape) != tuple(expected[key].shape)
+    ]
+    problems = []
+    if missing and strict:
+        problems.append(f"missing keys: {_short(missing)}")
+    if unexpected and strict:
+        problems.append(f"unexpected keys: {_short(unexpected)}")
+    if misshaped:
+        problems.append(f"mis-shaped keys: {_short(misshaped)}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: " + "; ".join(problems))
+    non_finite = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if non_finite:
+        raise CheckpointError(f"{source} holds NaN or infinite values in {_short(non_finite)}")
+    with torch.no_grad():
+        for key, value in state.items():
+            if key in expected:
+                expected[key].copy_(value)
+
+
+def load_for_finetune(
+    path: str | os.PathLike,
+    *,
+    num_classes: int,
+    img_size: int | tuple[int, int] | None = None,
+    model: str | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """The paper's transfer set-up (Section 3.2): same backbone at ``img_size``, pre-logits removed, new zero head.
+
+    ``path`` is our ``.safetensors`` or an official ``.npz`` (whose architecture is read from its keys, or taken
+    from ``model`` when given).
+    """
+    from vitlab.models.registry import build_from_config, create_model
+
+    path = Path(path)
+    if path.suffix == ".npz":
+        from vitlab.interop import official
+
+        source = official.load_npz_any(path, model_name=model)
+    else:
+        source = load_model(path)
+    family = model_family(source)
+    fields = config_dict(source)
+    fields.update(num_classes=num_classes, **overrides)
+    if "representation_size" in fields:
+        fields["representation_size"] = None
+    if img_size is not None:
+        fields["img_size"] = img_size
+    target = build_from_config(family, fields) if model is None else create_model(model, **fields)
+    transferable = {
+        key: value
+        for key, value in source.state_dict().items()
+        if not key.startswith(("head.", "pre_logits.", "fc."))
+    }
+    head_keys = [key for key in target.state_dict() if key.startswith(("head.", "pre_logits.", "fc."))]
+    load_weights(target, transferable, source=str(path), strict=False)
+    missing = sorted(set(target.state_dict()) - set(transferable) - set(head_keys))
+    if missing:
+        raise CheckpointError(f"{path} does not provide {_short(missing)} for fine-tuning")
+    return target
+
+
+def _short(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" ... ({len(keys) - limit} more)" if len(keys) > limit else "")
