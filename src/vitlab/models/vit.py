@@ -46,6 +46,9 @@ class ViTConfig:
     gelu: str = "tanh"  # "tanh" (official Flax) | "exact" (timm, Hugging Face)
     ln_eps: float = 1e-6
     qkv_bias: bool = True
+    # Masked patch prediction (Section 4.6 / Appendix B.1.2): a learnable [mask] embedding and a per-patch head over
+    # this many classes (512 = 3-bit mean colour of an RGB patch). 0 = none; removed for fine-tuning.
+    mpp_classes: int = 0
     # Hybrid (Section 3.1, "Hybrid Architecture"): a ResNet stem whose feature map is cut into patch_size patches.
     hybrid_layers: Optional[tuple[int, ...]] = None  # ResNet units per stage; None = plain patch embedding
     hybrid_width: int = 64
@@ -64,6 +67,8 @@ class ViTConfig:
         for name in ("patch_size", "in_chans", "width", "depth", "mlp_dim", "num_heads"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.mpp_classes < 0:
+            raise ConfigError(f"mpp_classes must be >= 0 (0 = no masked-patch head), got {self.mpp_classes}")
         if self.num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0 (0 = no head), got {self.num_classes}")
         if self.width % self.num_heads:
@@ -261,10 +266,18 @@ class VisionTransformer(nn.Module):
             PreLogits(cfg.width, cfg.representation_size) if cfg.representation_size else nn.Identity()
         )
         self.head: nn.Module = self._new_head(cfg.num_classes)
+        if cfg.mpp_classes:
+            self.mask_token = nn.Parameter(torch.randn(1, 1, cfg.width) * 0.02)
+            self.mpp_head = nn.Linear(cfg.width, cfg.mpp_classes)
+            nn.init.zeros_(self.mpp_head.weight)
+            nn.init.zeros_(self.mpp_head.bias)
 
     # -- the model face -------------------------------------------------------------------------------------------
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        tokens = self.patch_embed(images)  # [B, N, D]
+        return self._add_prefix_and_position(self.patch_embed(images))
+
+    def _add_prefix_and_position(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Patch embeddings ``[B, N, D]`` -> the encoder's input ``[B, prefix + N, D]``."""
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # [B, 1+N, D]
         return self.pos_drop(self.pos_embed(tokens))
@@ -272,6 +285,13 @@ class VisionTransformer(nn.Module):
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Encoded tokens after the final LayerNorm: ``[B, prefix + N, D]``."""
         tokens = self._embed(images)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens)
+
+    def encode_patch_embeddings(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        """Encode given patch embeddings ``[B, N, D]`` (e.g. corrupted ones for masked patch prediction)."""
+        tokens = self._add_prefix_and_position(patch_tokens)
         for block in self.blocks:
             tokens = block(tokens)
         return self.norm(tokens)
@@ -328,7 +348,7 @@ class VisionTransformer(nn.Module):
         return {
             name
             for name, param in self.named_parameters()
-            if param.ndim < 2 or name.startswith("pos_embed.") or name == "cls_token"
+            if param.ndim < 2 or name.startswith("pos_embed.") or name in ("cls_token", "mask_token")
         }
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

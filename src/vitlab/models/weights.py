@@ -149,17 +149,15 @@ def load_for_finetune(
     family = model_family(source)
     fields = config_dict(source)
     fields.update(num_classes=num_classes, **overrides)
-    if "representation_size" in fields:
-        fields["representation_size"] = None
+    for pretraining_only in ("representation_size", "mpp_classes"):  # pre-logits and the masked-patch head
+        if pretraining_only in fields:
+            fields[pretraining_only] = None if pretraining_only == "representation_size" else 0
     if img_size is not None:
         fields["img_size"] = img_size
     target = build_from_config(family, fields) if model is None else create_model(model, **fields)
-    transferable = {
-        key: value
-        for key, value in source.state_dict().items()
-        if not key.startswith(("head.", "pre_logits.", "fc."))
-    }
-    head_keys = [key for key in target.state_dict() if key.startswith(("head.", "pre_logits.", "fc."))]
+    dropped = ("head.", "pre_logits.", "fc.", "mpp_head.", "mask_token")
+    transferable = {key: value for key, value in source.state_dict().items() if not key.startswith(dropped)}
+    head_keys = [key for key in target.state_dict() if key.startswith(dropped)]
     load_weights(target, transferable, source=str(path), strict=False)
     missing = sorted(set(target.state_dict()) - set(transferable) - set(head_keys))
     if missing:
