@@ -52,7 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", nargs="?")
     known, _ = parser.parse_known_args(argv)
     full = _parser_for(known.command)
-    args = full.parse_args(argv)
+    args, extra = full.parse_known_args(argv)
+    # `key=value` overrides may also come after options (`--out DIR lr=0.01`); argparse leaves those over.
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+        "=" in item and not item.startswith("-") for item in extra
+    ):
+        args.overrides += extra
+    elif extra:
+        full.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if args.command is None:
         full.print_help()

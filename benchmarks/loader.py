@@ -1,0 +1,129 @@
+"""Images per second of the input pipelines alone (no model): Fashion-MNIST in memory, and an image folder.
+
+    python benchmarks/loader.py [--batches 40] [--out benchmarks/results/loader.json]
+
+In-memory sets (Fashion-MNIST 28 px -> 32 px) are augmented on whole batches of tensors; the figure is
+how many images per second one process turns into training batches, with augmentation ``none``, the
+paper's ``paper`` (inception crop + flip) and the AugReg level ``light2`` (+ RandAugment(2, 10), mixup).
+"stall" is the share of time a consumer that spends ``--step-ms`` per batch waits for the next one (the
+default background-thread prefetch, or worker processes): 0 means the training loop never waits.
+
+The image-folder pipeline decodes JPEGs (160x120, written to a temporary folder first) with inception
+crop + flip to 96 px, in-process and with worker processes. Results go to stdout and a JSON file.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitlab.data import build_stream, get_source
+
+
+def images_per_second(stream, batches: int, warmup: int = 3) -> float:
+    it = iter(stream)
+    for _ in range(warmup):
+        next(it)
+    start = time.perf_counter()
+    count = 0
+    for x, _ in itertools.islice(it, batches):
+        count += len(x)
+    return count / (time.perf_counter() - start)
+
+
+def stall_fraction(stream, batches: int, step_s: float) -> float:
+    """Share of wall time spent waiting for batches when each step takes ``step_s`` (sleep = GPU busy)."""
+    it = iter(stream)
+    next(it)
+    waited = 0.0
+    start = time.perf_counter()
+    for _ in range(batches):
+        t = time.perf_counter()
+        next(it)
+        waited += time.perf_counter() - t
+        time.sleep(step_s)
+    return waited / (time.perf_counter() - start)
+
+
+def make_folder(root: Path, n: int) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        cls = root / f"class_{i % 10}"
+        cls.mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+        image = Image.fromarray(base).resize((160, 120), Image.BICUBIC)  # smooth, photo-like content
+        image.save(cls / f"{i:05d}.jpg", "JPEG", quality=90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--step-ms", type=float, default=20.0)
+    parser.add_argument("--folder-images", type=int, default=1024)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "loader.json"))
+    args = parser.parse_args()
+
+    results: dict = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "load_average": os.getloadavg(), "torch": torch.__version__},
+        "batch_size": args.batch_size, "fashion_mnist": {}, "image_folder": {},
+    }
+    start = time.perf_counter()
+    fmnist = get_source("fashion_mnist", split="train")
+    results["fashion_mnist"]["load_seconds"] = round(time.perf_counter() - start, 3)
+    print(f"Fashion-MNIST train loaded in {results['fashion_mnist']['load_seconds']:.2f} s")
+    default_threads = torch.get_num_threads()
+    for threads in sorted({default_threads, 1}, reverse=True):
+        # Small-tensor kernels on a busy machine: more intra-op threads can be slower, so both are shown.
+        torch.set_num_threads(threads)
+        table = results["fashion_mnist"][f"torch_threads_{threads}"] = {}
+        for augment in ("none", "paper", "light2"):
+            common = dict(batch_size=args.batch_size, train=True, img_size=32, in_chans=3, augment=augment, seed=0)
+            rate = images_per_second(build_stream(fmnist, prefetch=0, **common), args.batches)
+            stall = stall_fraction(build_stream(fmnist, **common), args.batches, args.step_ms / 1000)
+            table[augment] = {"images_per_second": round(rate), "stall_fraction": round(stall, 4),
+                              "step_ms": args.step_ms}
+            print(f"fashion_mnist 28->32 augment={augment:7s} torch threads {threads}: {rate:8.0f} images/s   "
+                  f"stall with a {args.step_ms:.0f} ms step: {100 * stall:.1f}%")
+    torch.set_num_threads(default_threads)
+    table = results["fashion_mnist"][f"workers_{args.workers}"] = {}
+    for augment in ("none", "paper", "light2"):  # worker processes (1 torch thread each) make whole batches
+        common = dict(batch_size=args.batch_size, train=True, img_size=32, in_chans=3, augment=augment, seed=0,
+                      num_workers=args.workers, prefetch=4)
+        rate = images_per_second(build_stream(fmnist, **common), args.batches)
+        stall = stall_fraction(build_stream(fmnist, **common), args.batches, args.step_ms / 1000)
+        table[augment] = {"images_per_second": round(rate), "stall_fraction": round(stall, 4), "step_ms": args.step_ms}
+        print(f"fashion_mnist 28->32 augment={augment:7s} {args.workers} workers:       {rate:8.0f} images/s   "
+              f"stall with a {args.step_ms:.0f} ms step: {100 * stall:.1f}%")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        make_folder(Path(tmp), args.folder_images)
+        folder = get_source("image_folder", root=tmp, verify="none")
+        bs = 64
+        batches = max(1, min(args.batches, args.folder_images // bs - 4))
+        for workers in (0, args.workers):
+            stream = build_stream(folder, batch_size=bs, train=True, img_size=96, augment="paper", seed=0,
+                                  num_workers=workers, prefetch=0 if workers == 0 else 2)
+            rate = images_per_second(stream, batches)
+            results["image_folder"][f"workers_{workers}"] = {"images_per_second": round(rate), "img_size": 96,
+                                                             "source": "160x120 JPEG", "augment": "paper"}
+            print(f"image_folder 160x120 JPEG -> 96 paper, workers={workers}: {rate:8.0f} images/s")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Kernel choices that keep a layer's math and avoid PyTorch's slow paths (measured in ``docs/performance.md``).
+
+On a CPU without bf16 instructions (no AVX512-BF16 / AMX; oneDNN then declines bf16), PyTorch computes a bf16
+matrix product with its reference kernel, whose speed depends on the operands' memory layout by a factor of up to
+six: ``A.T @ B`` with both ``A`` and ``B`` row-major (the reduction running over their rows) is the fast case,
+while the layout that ``nn.Linear``'s backward uses for the input gradient (``grad @ W``) is the slowest. Every
+layout accumulates in fp32 and rounds the result to bf16 once, so choosing the fast one changes no numbers beyond
+summation order. :func:`linear` does that; everywhere else (fp32, GPUs, CPUs with native bf16) it is ``F.linear``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def _query_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+# Asked once at import: a constant is what torch.compile can trace through without a graph break.
+_NATIVE_BF16 = _query_native_bf16()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 matrix products natively on this CPU (AVX512-BF16, AMX)."""
+    return _NATIVE_BF16
+
+
+def uses_reference_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when ``F.linear(x, weight)`` would run PyTorch's reference bf16 GEMM (CPU, bf16, no native support)."""
+    if x.device.type != "cpu" or cpu_has_native_bf16():
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear`` with the fast operand layouts of the reference bf16 GEMM where that kernel is in use."""
+    if not uses_reference_bf16(x, weight):
+        return F.linear(x, weight, bias)
+    bf16 = torch.bfloat16
+    # Cast as autocast would (the casts are recorded, so gradients reach fp32 parameters in fp32), then compute
+    # with autocast off so that the products below stay in bf16.
+    with torch.autocast("cpu", enabled=False):
+        return _ReductionMajorLinear.apply(
+            x.to(bf16), weight.to(bf16), None if bias is None else bias.to(bf16)
+        )
+
+
+def _t_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a.T @ b`` for row-major ``a [K, M]`` and ``b [K, N]``: the fast layout of the reference kernel."""
+    return torch.mm(a.t(), b)
+
+
+class _ReductionMajorLinear(torch.autograd.Function):
+    """``y = x W^T + b`` whose three products all run as ``A.T @ B`` with row-major ``A`` and ``B``.
+
+    The transposed copies this needs (``x``, ``W`` forward; the output gradient backward) cost one pass over a
+    matrix each, against a product that reads it ``N`` times.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).contiguous()  # [M, K]
+        rows_t, weight_t = rows.t().contiguous(), weight.t().contiguous()  # [K, M], [K, N]
+        # addmm adds the bias before the one rounding to bf16, as F.linear does.
+        out = torch.mm(rows_t.t(), weight_t) if bias is None else torch.addmm(bias, rows_t.t(), weight_t)  # [M, N]
+        ctx.save_for_backward(rows, weight)
+        ctx.has_bias = bias is not None
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        rows, weight = ctx.saved_tensors
+        grad_rows = grad.reshape(-1, grad.shape[-1]).contiguous()  # [M, N]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _t_mm(grad_rows.t().contiguous(), weight)  # [M, K]
+            grad_x = grad_x.view(*grad.shape[:-1], weight.shape[1])
+        if ctx.needs_input_grad[1]:
+            grad_w = _t_mm(grad_rows, rows)  # [N, K]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_rows.sum(0)
+        return grad_x, grad_w, grad_b

@@ -1,0 +1,123 @@
+"""Top-1 accuracy of a model over an evaluation stream, and of a saved checkpoint on a dataset.
+
+The engine calls :func:`accuracy` on the dev and test splits; ``vitlab eval`` and other tools call
+:func:`evaluate_checkpoint`. Accuracy is always a fraction in [0, 1].
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitlab.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def accuracy(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """``{"accuracy", "loss", "count"}`` over every batch (softmax cross-entropy as the loss)."""
+    was_training = model.training
+    model.eval()
+    correct, count, loss_sum = 0, 0, 0.0
+    try:
+        for images, targets in batches:
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if targets.ndim > 1:
+                targets = targets.argmax(-1)
+            with autocast(device, autocast_dtype):
+                logits = model(images)
+            logits = logits.float()  # [B, K]
+            loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+            correct += int((logits.argmax(-1) == targets).sum())
+            count += int(targets.shape[0])
+    finally:
+        model.train(was_training)
+    return {
+        "accuracy": correct / count if count else float("nan"),
+        "loss": loss_sum / count if count else float("nan"),
+        "count": count,
+    }
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype`` on ``device``; a null context for full precision."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """A weights file from a path that may be a run directory (its best, else last, checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "best.safetensors", path / "checkpoints" / "last.safetensors",
+                          path / "best.safetensors"):
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{path}: a directory without checkpoints/best.safetensors or last.safetensors")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    return path
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    dataset: str,
+    split: str = "test",
+    img_size: int | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    precision: str = "fp32",
+    source_options: dict[str, Any] | None = None,
+    **more_source_options: Any,
+) -> dict[str, Any]:
+    """Top-1 accuracy (a fraction) of a saved model on ``dataset``/``split``.
+
+    ``path``: a ``.safetensors`` file written by vitlab or a run directory. ``img_size`` evaluates at another
+    resolution (position embeddings are interpolated); by default the model's own. Options for the data
+    source go as keywords (``root="/data/pets"``) or, when a name clashes with a parameter here (the synthetic
+    source's ``img_size``), in ``source_options``.
+    """
+    source_options = {**(source_options or {}), **more_source_options}
+    import vitlab
+    from vitlab.data import build_stream, get_source
+    from vitlab.train.distributed import pick_device
+
+    weights = resolve_weights(path)
+    overrides = {"img_size": img_size} if img_size is not None else {}
+    model = vitlab.load_model(weights, **overrides)
+    config = model.config
+    size = config.img_size[0] if isinstance(config.img_size, (tuple, list)) else config.img_size
+    source = get_source(dataset, split=split, **source_options)
+    num_classes = getattr(config, "num_classes", None)
+    if num_classes and source.num_classes > num_classes:
+        raise CheckpointError(
+            f"{weights}: the model has {num_classes} classes but {dataset} has {source.num_classes}"
+        )
+    torch_device = pick_device(device)
+    model.to(torch_device)
+    stream = build_stream(source, batch_size=batch_size, train=False, img_size=size,
+                          in_chans=config.in_chans, device=str(torch_device))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    result = accuracy(model, stream, torch_device, dtype)
+    return {
+        "checkpoint": str(weights),
+        "dataset": dataset,
+        "split": split,
+        "img_size": size,
+        "accuracy": result["accuracy"],
+        "loss": result["loss"],
+        "num_examples": result["count"],
+    }

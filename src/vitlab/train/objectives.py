@@ -1,0 +1,70 @@
+"""Training objectives: what loss a model pays on one batch.
+
+An objective is any callable ``objective(model, images, targets) -> (loss, stats)`` where ``loss`` is a scalar
+(mean over the batch) and ``stats`` holds summed counts for logging (``correct``, ``count``). The engine does
+not know which objective it runs, so masked patch prediction (Section 4.6) can be added as another callable
+that corrupts patches inside and returns its own loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Objective(Protocol):
+    def __call__(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+def soft_targets(targets: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """``[B]`` class indices or ``[B, K]`` soft labels (mixup) -> ``[B, K]`` float, with label smoothing."""
+    if targets.ndim == 1:
+        dense = F.one_hot(targets.long(), num_classes).float()
+    else:
+        dense = targets.float()
+    if smoothing:
+        dense = dense * (1.0 - smoothing) + smoothing / num_classes
+    return dense
+
+
+def hard_targets(targets: torch.Tensor) -> torch.Tensor:
+    return targets if targets.ndim == 1 else targets.argmax(dim=-1)
+
+
+@dataclass(frozen=True)
+class Supervised:
+    """Classification: softmax cross-entropy, or sigmoid cross-entropy summed over classes.
+
+    The paper pre-trains on JFT and ImageNet-21k with a sigmoid loss (labels there are multi-label) and uses
+    softmax elsewhere. Both take hard or soft targets and optional label smoothing. Logits are promoted to
+    float32 before the loss so bf16/fp16 autocast does not cost precision in the log-sum-exp.
+    """
+
+    loss: str = "softmax"  # softmax | sigmoid
+    label_smoothing: float = 0.0
+
+    def __call__(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = model(images).float()  # [B, K]
+        if self.loss == "softmax" and targets.ndim == 1:  # class indices: torch's fused kernel
+            loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        else:
+            dense = soft_targets(targets, logits.shape[-1], self.label_smoothing)  # [B, K]
+            if self.loss == "sigmoid":
+                loss = F.binary_cross_entropy_with_logits(logits, dense, reduction="none").sum(-1).mean()
+            else:
+                loss = torch.sum(-dense * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        with torch.no_grad():
+            correct = (logits.argmax(-1) == hard_targets(targets).to(logits.device)).sum()
+        return loss, {"correct": correct, "count": torch.tensor(images.shape[0], device=logits.device)}
+
+
+def build_objective(loss: str, label_smoothing: float) -> Objective:
+    """The objective a config names (supervised classification for now)."""
+    return Supervised(loss=loss, label_smoothing=label_smoothing)

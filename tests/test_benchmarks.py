@@ -1,0 +1,100 @@
+"""The benchmark scripts run: each in its ``--quick`` mode writes valid JSON; gpu.py skips cleanly without CUDA.
+
+These check the scripts, not the speed (the figures live in docs/performance.md). The quick modes time toy
+models once, in this process (the libraries are already imported), except gpu.py, which is run as a
+program so that its exit status and its behaviour with no visible GPU are what is checked.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import py_compile
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = ("_common.py", "throughput.py", "mfu.py", "gpu.py")
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Import benchmark modules by name; restore torch's thread count, which the scripts set."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    threads = torch.get_num_threads()
+    yield lambda name: importlib.import_module(name)
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_compile(script: str, tmp_path) -> None:
+    py_compile.compile(str(BENCH / script), cfile=str(tmp_path / "x.pyc"), doraise=True)
+
+
+def test_interleaved_alternates_order_and_ratios_compare_like_rounds(bench) -> None:
+    common = bench("_common")
+    order = []
+    calls = {"a": lambda: order.append("a"), "b": lambda: (order.append("b"), time.sleep(0.002))}
+    timings = common.interleaved(calls, items=4, warmup=1, min_rounds=4, max_rounds=4, budget_s=0)
+    assert order == ["a", "b"] + ["a", "b", "b", "a", "a", "b", "b", "a"]  # warm-up, then A B | B A | ...
+    assert all(len(t.wall) == len(t.cpu) == 4 for t in timings.values())
+    slow, fast = common.Timing(2, wall=[2.0, 4.0, 2.0], cpu=[1.0, 1.0, 1.0]), common.Timing(2, wall=[1.0, 2.0, 1.0],
+                                                                                            cpu=[0.5, 0.5, 0.5])
+    r = common.ratios({"fast": fast, "slow": slow}, "slow")["fast"]
+    assert r == {"median": 2.0, "paired": 2.0, "cpu": 2.0}
+
+
+def test_throughput_quick_writes_json(bench, tmp_path) -> None:
+    throughput = bench("throughput")
+    out = tmp_path / "throughput.json"
+    assert throughput.main(["--quick", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["quick"] is True and len(data["machine"]["loadavg_start"]) == 3
+    assert [c["case"] for c in data["cases"]] == throughput.QUICK_CASES.split(",")
+    for case in data["cases"]:
+        assert case["sides"]["timm"]["images_per_s"] > 0
+        assert set(case["ratio_vs_timm"]) >= {"vitlab"}
+        assert case["flops_per_image"]["architecture"] > 0
+    train, infer = data["cases"]
+    assert set(train["sides"]) == {"vitlab", "vitlab_pruned", "timm"}
+    assert set(infer["sides"]) == {"vitlab", "timm", "hf"}
+    assert train["flops_per_image"]["executed_pruned"] < train["flops_per_image"]["architecture"]
+
+
+def test_mfu_quick_writes_json(bench, tmp_path) -> None:
+    mfu = bench("mfu")
+    out = tmp_path / "mfu.json"
+    assert mfu.main(["--quick", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    for key in ("peak_gflops", "peak_gflops_cpu"):
+        assert set(data[key]) == {"fp32", "bf16"} and min(data[key].values()) > 0
+    assert {row["layout"] for row in data["gemm_survey"]["bf16"]} == {"nn", "nt", "tn", "tt"}
+    for case in data["cases"]:
+        for side in case["sides"].values():
+            assert 0 < side["mfu"] and 0 < side["paired_mfu"] and 0 < side["mfu_cpu"]
+
+
+def test_gpu_script_skips_cleanly_without_cuda(tmp_path) -> None:
+    out = tmp_path / "gpu.json"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # no GPU visible, even on a machine that has one
+    done = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text())
+    assert data["skipped"] is True and "CUDA" in data["reason"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_script_quick_on_a_gpu(tmp_path) -> None:
+    out = tmp_path / "gpu.json"
+    done = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--quick", "--no-compile", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text())
+    assert data["train"]["images_per_s"] > 0 and 0 < data["train"]["mfu"] < 1.5
+    assert data["infer"]["images_per_s"] > 0

@@ -1,0 +1,119 @@
+"""The model's speed paths compute what the plain layers compute (issue 7: faster, same math).
+
+* ``vitlab.models.kernels.linear``: the reduction-major bf16 GEMM layout used on CPUs without native bf16;
+* the patch embedding as a matrix product over patches (same path, bf16 on such CPUs);
+* ``set_last_block_pruning``: the last block for the class token only; same logits and gradients.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vitlab
+from vitlab.models import kernels
+from vitlab.models.flops import count_model_macs
+from vitlab.models.vit import patchify
+
+from conftest import jitter_, relative_error
+
+
+def small_vit(**overrides) -> torch.nn.Module:
+    options = dict(num_classes=5, img_size=32, patch_size=8, depth=3, width=64, mlp_dim=128, num_heads=4)
+    options.update(overrides)
+    return jitter_(vitlab.create_model("vit_ti16", **options))
+
+
+def loss_and_grads(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, bf16: bool = False):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(images)
+    F.cross_entropy(logits.float(), labels).backward()
+    return logits.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_reduction_major_linear_matches_linear_in_bf16() -> None:
+    x = torch.randn(3, 17, 48, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(40, 48, dtype=torch.bfloat16, requires_grad=True)
+    b = torch.randn(40, dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn(3, 17, 40, dtype=torch.bfloat16)
+    ours = kernels._ReductionMajorLinear.apply(x, w, b)
+    ours.backward(g)
+    got = [ours.detach(), x.grad, w.grad, b.grad]
+    x.grad = w.grad = b.grad = None
+    ref = F.linear(x, w, b)
+    ref.backward(g)
+    want = [ref.detach(), x.grad, w.grad, b.grad]
+    for a, e in zip(got, want):
+        assert a.dtype == e.dtype == torch.bfloat16 and a.shape == e.shape
+        assert relative_error(e.float(), a.float()) < 1e-2  # both: fp32 accumulation, one rounding to bf16
+
+
+def test_kernel_choice_follows_dtype_and_hardware() -> None:
+    x, w = torch.randn(2, 8), torch.randn(4, 8)
+    assert not kernels.uses_reference_bf16(x, w)  # fp32: always F.linear
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert kernels.uses_reference_bf16(x, w) == (not kernels.cpu_has_native_bf16())
+        assert kernels.linear(x, w).dtype == torch.bfloat16  # autocast's output dtype either way
+    assert kernels.uses_reference_bf16(x.bfloat16(), w.bfloat16()) == (not kernels.cpu_has_native_bf16())
+    assert torch.equal(kernels.linear(x, w), F.linear(x, w))
+
+
+def test_model_in_bf16_matches_the_plain_layers(monkeypatch) -> None:
+    model = small_vit(gelu="exact")
+    images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4,))
+    monkeypatch.setattr(kernels, "uses_reference_bf16", lambda *args: True)  # the fast path, whatever the CPU
+    fast_logits, fast_grads = loss_and_grads(model, images, labels, bf16=True)
+    monkeypatch.setattr(kernels, "uses_reference_bf16", lambda *args: False)  # nn.Linear / conv under autocast
+    ref_logits, ref_grads = loss_and_grads(model, images, labels, bf16=True)
+    fp32_logits, _ = loss_and_grads(model, images, labels)
+    assert relative_error(ref_logits, fast_logits) < 2e-2
+    assert relative_error(fp32_logits, fast_logits) < 3e-2
+    assert fast_grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        assert fast_grads[name].dtype == torch.float32  # gradients reach the fp32 parameters in fp32
+        assert relative_error(ref_grads[name], fast_grads[name]) < 5e-2, name
+
+
+def test_patch_embedding_as_matrix_product_equals_the_conv() -> None:
+    model = small_vit(in_chans=2)
+    proj = model.patch_embed.proj
+    images = torch.randn(3, 2, 32, 32)
+    conv = proj(images).flatten(2).transpose(1, 2)
+    matmul = F.linear(patchify(images, 8), proj.weight.flatten(1), proj.bias)
+    assert matmul.shape == conv.shape == (3, 16, 64)
+    assert relative_error(conv, matmul) < 1e-6
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_last_block_pruning_keeps_logits_and_gradients(bf16: bool) -> None:
+    model = small_vit(representation_size=32)
+    images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4,))
+    full_logits, full_grads = loss_and_grads(model, images, labels, bf16)
+    model.set_last_block_pruning(True)
+    pruned_logits, pruned_grads = loss_and_grads(model, images, labels, bf16)
+    tol = 2e-2 if bf16 else 1e-5
+    assert relative_error(full_logits, pruned_logits) < tol
+    assert pruned_grads.keys() == full_grads.keys()
+    for name, grad in full_grads.items():
+        if grad.norm() > 0:
+            assert relative_error(grad, pruned_grads[name]) < (5e-2 if bf16 else 1e-4), name
+    with torch.no_grad():  # the other faces keep every token
+        assert model.forward_features(images).shape == (4, 17, 64)
+
+
+def test_pruning_saves_the_last_blocks_patch_work_and_leaves_gap_models_alone() -> None:
+    with torch.device("meta"):
+        model = vitlab.create_model("vit_s16", num_classes=1000)
+        images = torch.empty(1, 3, 224, 224)
+        full = count_model_macs(model, images)
+        model.set_last_block_pruning(True)
+        pruned = count_model_macs(model, images)
+    # One of 12 blocks keeps only its k, v projections (2 of its 12 D^2 per token) and one query: ~6.9% saved.
+    assert 0.06 < 1 - pruned / full < 0.08
+    gap = small_vit(classifier="gap").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = gap(x)
+        gap.set_last_block_pruning(True)
+        assert torch.equal(gap(x), before)
