@@ -3,7 +3,7 @@
 Peak: ``torch.mm`` on square matrices. Every operand layout (``A @ B``, ``A @ B.T``, ``A.T @ B``, ``A.T @ B.T``)
 is tried at 512, then the best layout at 256, 1024 and 2048; the fastest GEMM found is timed again in every round,
 and the best rate seen anywhere is the peak. Layouts and sizes matter for bf16 on CPUs without bf16 instructions:
-PyTorch's reference kernel is up to 25x faster in one layout than another and loses two thirds of its speed
+PyTorch's reference kernel is up to 7x faster in one layout than another and loses two thirds of its speed
 beyond ~1000 (no cache blocking). fp32 goes to MKL, which reaches its peak from ~512 up in any layout.
 
 Model FLOPs are counted from the architecture (``vitlab.models.flops.count_model_macs`` on the meta device,
@@ -19,7 +19,7 @@ side. Three MFUs per side:
 Sides: ``vitlab`` (default settings, exact GELU) and, for training, ``vitlab_pruned`` (last block for the class
 token only) whose plain figures count the architecture's FLOPs and ``*_executed`` the FLOPs it actually runs.
 
-    python benchmarks/mfu.py            # ~4 min on 2 busy cores
+    python benchmarks/mfu.py            # ~2.5 CPU-min (5 min wall at load 5)
     python benchmarks/mfu.py --quick    # seconds: a smoke test
 
 Writes ``benchmarks/results/mfu.json``. Targets (issue 7): ViT-B/16 inference >= 85% of the fp32 peak and >= 75%

@@ -2,7 +2,7 @@
 
 On a CPU without bf16 instructions (no AVX512-BF16 / AMX; oneDNN then declines bf16), PyTorch computes a bf16
 matrix product with its reference kernel, whose speed depends on the operands' memory layout by a factor of up to
-six: ``A.T @ B`` with both ``A`` and ``B`` row-major (the reduction running over their rows) is the fast case,
+seven: ``A.T @ B`` with both ``A`` and ``B`` row-major (the reduction running over their rows) is the fast case,
 while the layout that ``nn.Linear``'s backward uses for the input gradient (``grad @ W``) is the slowest. Every
 layout accumulates in fp32 and rounds the result to bf16 once, so choosing the fast one changes no numbers beyond
 summation order. :func:`linear` does that; everywhere else (fp32, GPUs, CPUs with native bf16) it is ``F.linear``.
