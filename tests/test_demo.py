@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+import vitlab
 from vitlab import demo
 from vitlab.errors import ConfigError
 
@@ -20,9 +22,8 @@ def tiny_size(monkeypatch):
         pretrain="fmnist-vit-tiny-demo",
         pretrain_overrides=TINY_ARCH + ("train.steps=4", "train.batch_size=16", "optim.warmup_steps=1",
                                         "train.log_every=2", "data.eval_batch_size=500"),
-        finetune="digits-finetune",
-        finetune_overrides=("train.steps=3", "train.batch_size=16", "optim.warmup_steps=1", "sweep.refit=false",
-                            "train.log_every=1"),
+        finetune="demo-cpu-transfer",
+        finetune_overrides=("train.steps=3", "train.batch_size=16", "optim.warmup_steps=1", "train.log_every=1"),
         finetune_grid={"optim.lr": [0.01]},
         scratch_overrides=("optim.name=adam", "optim.weight_decay=0.05", "sweep.refit=false"),
         scratch_grid={"optim.lr": [0.001, 0.003]},
@@ -42,6 +43,20 @@ def test_transfer_configs_compare_like_with_like(tiny_size, tmp_path) -> None:
         assert tuned.get(key) == scratch.get(key), key  # the same budget and data
     assert tuned.data.img_size > pre_cfg.data.img_size  # transfer at a higher resolution
     assert tuned.optim.name == "sgd" and scratch.optim.name == "adam"
+
+
+@pytest.mark.parametrize("size_name", sorted(demo.SIZES))
+def test_every_size_has_valid_configs(size_name: str, tmp_path) -> None:
+    """The shipped sizes (the GPU ones included) resolve to valid configs with a like-for-like comparison."""
+    size = demo.SIZES[size_name]
+    pre_cfg = demo.pretrain_config(size)
+    tuned, scratch = demo.transfer_configs(size, tmp_path / "w.safetensors", pre_cfg)
+    assert tuned.data.dataset == scratch.data.dataset == "digits"
+    assert tuned.data.img_size > pre_cfg.data.img_size
+    with torch.device("meta"):  # the pre-trained architecture tiles the fine-tuning resolution
+        vitlab.create_model(pre_cfg.model.name, num_classes=10, img_size=tuned.data.img_size, in_chans=1,
+                            **pre_cfg.model.overrides)
+    assert len(size.finetune_grid["optim.lr"]) == len(size.scratch_grid["optim.lr"])  # as many tries each
 
 
 def test_demo_runs_end_to_end_and_reuses_finished_runs(tiny_size, tmp_path, capsys) -> None:

@@ -63,13 +63,13 @@ class DemoSize:
 SIZES: dict[str, DemoSize] = {
     # 2-core CPU, <= 15 minutes in all. Pre-training is the lion's share (see docs/demo.md for the timing).
     "cpu": DemoSize(
-        pretrain="fmnist-vit-tiny-demo",
-        finetune="digits-finetune",
-        finetune_overrides=("train.steps=200", "optim.warmup_steps=20", "sweep.refit=false"),
-        finetune_grid={"optim.lr": [0.01, 0.03]},
-        scratch_overrides=("optim.name=adam", "optim.weight_decay=0.05", "sweep.refit=false"),
+        pretrain="demo-cpu",
+        finetune="demo-cpu-transfer",
+        finetune_grid={"optim.lr": [0.03, 0.1]},
+        scratch_overrides=("optim.name=adam", "optim.weight_decay=0.05"),
         scratch_grid={"optim.lr": [0.001, 0.003]},
-        note="2-core CPU: 1,000 pre-training steps; transfer runs of 200 steps of batch 64, lr from 2 values",
+        note="2-core CPU: 700 pre-training steps of batch 128; transfer runs of 150 steps of batch 64, "
+             "lr from 2 values each",
     ),
     "gpu-small": DemoSize(
         pretrain="demo-gpu-small",
