@@ -88,6 +88,8 @@ def test_patch_embedding_as_matrix_product_equals_the_conv() -> None:
 @pytest.mark.parametrize("bf16", [False, True])
 def test_last_block_pruning_keeps_logits_and_gradients(bf16: bool) -> None:
     model = small_vit(representation_size=32)
+    assert model.prune_last_block  # the default
+    model.set_last_block_pruning(False)
     images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4,))
     full_logits, full_grads = loss_and_grads(model, images, labels, bf16)
     model.set_last_block_pruning(True)
@@ -106,14 +108,16 @@ def test_pruning_saves_the_last_blocks_patch_work_and_leaves_gap_models_alone() 
     with torch.device("meta"):
         model = vitlab.create_model("vit_s16", num_classes=1000)
         images = torch.empty(1, 3, 224, 224)
-        full = count_model_macs(model, images)
-        model.set_last_block_pruning(True)
-        pruned = count_model_macs(model, images)
+        full = count_model_macs(model, images)  # the architecture's, although pruning is on
+        pruned = count_model_macs(model, images, as_executed=True)
+        model.set_last_block_pruning(False)
+        assert count_model_macs(model, images, as_executed=True) == full
     # One of 12 blocks keeps only its k, v projections (2 of its 12 D^2 per token) and one query: ~6.9% saved.
     assert 0.06 < 1 - pruned / full < 0.08
     gap = small_vit(classifier="gap").eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
+        gap.set_last_block_pruning(False)
         before = gap(x)
         gap.set_last_block_pruning(True)
         assert torch.equal(gap(x), before)

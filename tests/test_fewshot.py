@@ -205,3 +205,23 @@ def test_fewshot_cli(tmp_path, capsys) -> None:
     assert main(["fewshot", "--checkpoint", str(weights), "--dataset", "synthetic", "--shots", "0"]) == 2
     assert main(["fewshot", "--checkpoint", str(weights), "--dataset", "synthetic", "--l2", "-1"]) == 2
     assert "expected a positive number" in capsys.readouterr().err
+
+
+def test_frozen_models_load_from_our_files_run_dirs_and_official_npz(tmp_path) -> None:
+    from vitlab.evaluate.fewshot import load_frozen_model
+    from vitlab.interop.official import save_npz
+
+    model = vitlab.create_model("vit_ti4", num_classes=3, img_size=16, in_chans=3, depth=1, width=32, mlp_dim=64,
+                                num_heads=2).eval()
+    torch.nn.init.normal_(model.pos_embed.weight, std=0.1)
+    images = torch.randn(2, 3, 16, 16)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    vitlab.save_model(model, tmp_path / "run" / "checkpoints" / "best.safetensors")
+    save_npz(model, tmp_path / "model.npz")
+    with torch.no_grad():
+        expected = representation(model, images)
+        for source in (tmp_path / "run", tmp_path / "model.npz"):
+            loaded = load_frozen_model(str(source)).eval()
+            assert torch.allclose(representation(loaded, images), expected, atol=1e-5), source
+        bigger = load_frozen_model(str(tmp_path / "run"), img_size=24)  # a new resolution: 6x6 grid
+        assert representation(bigger, torch.randn(2, 3, 24, 24)).shape == (2, 32)

@@ -67,3 +67,19 @@ def test_finetune_drops_the_masked_patch_parts(tmp_path) -> None:
 def test_objective_refuses_models_without_the_head() -> None:
     with pytest.raises(ConfigError, match="mpp_classes"):
         MaskedPatchPrediction()(vitlab.create_model("vit_ti4", img_size=16, depth=1), torch.zeros(1, 3, 16, 16), None)
+
+
+def test_engine_pretrains_with_masked_patch_prediction_from_the_config(tmp_path) -> None:
+    from train_helpers import tiny_config, tiny_tree, weights
+    from vitlab.config import RunConfig
+    from vitlab.train.engine import run_training
+
+    summary = run_training(tiny_config(train={"objective": "mpp", "steps": 12, "checkpoint_every": 0}),
+                           tmp_path / "mpp")
+    assert 0.0 <= summary["metrics"]["test_accuracy"] <= 1.0  # share of corrupted patches' colours predicted
+    saved = weights(tmp_path / "mpp")
+    assert saved["mpp_head.weight"].shape == (512, 32) and "head.weight" not in saved
+    tuned = load_for_finetune(tmp_path / "mpp" / "checkpoints" / "last.safetensors", num_classes=4, img_size=16)
+    assert tuned(torch.randn(2, 3, 16, 16)).shape == (2, 4)
+    with pytest.raises(ConfigError, match="pre-training objective"):
+        RunConfig.from_dict(dict(tiny_tree(train={"objective": "mpp"}), task="finetune"))

@@ -94,6 +94,10 @@ class TrainSection:
     epochs: Optional[float] = None  # converted to steps from the training-set size and batch size
     batch_size: int = 4096  # the effective (global) batch of the recipe
     micro_batch_size: Optional[int] = None  # per process per forward pass; None: batch_size / world size
+    # classify: supervised classification (``loss``, ``label_smoothing``); mpp: masked patch prediction, the
+    # paper's self-supervised pre-training (Section 4.6; the model gets ``mpp_classes`` automatically and the
+    # reported accuracies are those of predicting the corrupted patches' mean colours).
+    objective: Literal["classify", "mpp"] = "classify"
     loss: Literal["softmax", "sigmoid"] = "softmax"
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # Polyak / EMA averaging of the weights; 0 = off (paper's Table 2: 0.9999)
@@ -234,6 +238,9 @@ class RunConfig:
                 f"train.micro_batch_size={t.micro_batch_size} does not divide train.batch_size={t.batch_size}"
             )
         _require(0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "a number in [0, 1)")
+        if t.objective == "mpp" and self.task != "pretrain":
+            raise ConfigError("train.objective=mpp is a pre-training objective; fine-tune its checkpoint with "
+                              "train.objective=classify")
         _require(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "a number in [0, 1) (0 = off)")
         if self.distributed.strategy == "fsdp" and t.ema_decay > 0:
             raise ConfigError("train.ema_decay needs distributed.strategy=ddp (EMA of FSDP shards is not supported)")

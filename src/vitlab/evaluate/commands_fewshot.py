@@ -18,7 +18,8 @@ from vitlab.errors import ConfigError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", help="a .safetensors file or a run directory (its best checkpoint)")
+    which.add_argument("--checkpoint",
+                       help="a .safetensors file, a run directory (its best checkpoint) or an official .npz")
     which.add_argument("--model", help="a model name, randomly initialised (the control for a pre-trained one)")
     parser.add_argument("--dataset", default="fashion_mnist", help="a vitlab data source (default fashion_mnist)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -73,15 +74,13 @@ def parse_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
-def load_frozen_model(checkpoint: str | None, name: str | None, img_size: int | None, in_chans: int | None):
+def frozen_model(checkpoint: str | None, name: str | None, img_size: int | None, in_chans: int | None):
     """The model to evaluate: a checkpoint (moved to ``img_size`` if given) or a random-init named model."""
     import vitlab
+    from vitlab.evaluate.fewshot import load_frozen_model
 
     if checkpoint:
-        from vitlab.train.evaluation import resolve_weights
-
-        overrides = {"img_size": img_size} if img_size else {}
-        model = vitlab.load_model(resolve_weights(checkpoint), **overrides)
+        model = load_frozen_model(checkpoint, img_size)
         if in_chans is not None and in_chans != model.config.in_chans:
             raise ConfigError(f"--in-chans {in_chans}: {checkpoint} takes {model.config.in_chans}-channel images")
         return model
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: expected a positive integer")
     options = parse_options(args.option)
-    model = load_frozen_model(args.checkpoint, args.model, args.img_size, args.in_chans)
+    model = frozen_model(args.checkpoint, args.model, args.img_size, args.in_chans)
     device = pick_device(args.device)
     model.to(device)
     train = get_source(args.dataset, split=args.train_split, **options)

@@ -186,6 +186,21 @@ def extract_features(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
     return torch.cat(feats), torch.cat(labels).long()
 
 
+def load_frozen_model(checkpoint: str, img_size: int | None = None) -> nn.Module:
+    """Weights to probe: our ``.safetensors`` (or a run directory's best checkpoint) or an official ``.npz``,
+    moved to ``img_size`` when given (position embeddings interpolated)."""
+    import vitlab
+    from vitlab.train.evaluation import resolve_weights
+
+    weights = resolve_weights(checkpoint)
+    overrides = {"img_size": img_size} if img_size else {}
+    if weights.suffix == ".npz":
+        from vitlab.interop.official import load_npz_any
+
+        return load_npz_any(weights, **overrides)
+    return vitlab.load_model(weights, **overrides)
+
+
 # ---- sampling shots ----------------------------------------------------------------------------------------
 def sample_shots(labels: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
     """``shots`` indices per class, drawn without replacement, deterministic from ``seed``.

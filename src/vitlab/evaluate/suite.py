@@ -237,9 +237,9 @@ def _frozen_model(cfg, checkpoint: str | None) -> torch.nn.Module:
 
     size = cfg.data.img_size
     if checkpoint:
-        from vitlab.train.evaluation import resolve_weights
+        from vitlab.evaluate.fewshot import load_frozen_model
 
-        return vitlab.load_model(resolve_weights(checkpoint), **({"img_size": size} if size else {}))
+        return load_frozen_model(checkpoint, size)
     torch.manual_seed(cfg.seed)
     kwargs = dict(cfg.model.overrides)
     return vitlab.create_model(cfg.model.name, num_classes=0, img_size=size, in_chans=cfg.data.in_chans or 3,

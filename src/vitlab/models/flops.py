@@ -24,11 +24,23 @@ def count_macs(name: str, img_size: int = 224, num_classes: int = 1000, **overri
     return count_model_macs(model, images)
 
 
-def count_model_macs(model: torch.nn.Module, images: torch.Tensor) -> int:
-    """MACs of ``model(images)`` per image; ``images`` may live on the meta device."""
+def count_model_macs(model: torch.nn.Module, images: torch.Tensor, *, as_executed: bool = False) -> int:
+    """MACs of ``model(images)`` per image; ``images`` may live on the meta device.
+
+    By default the architecture's MACs, the figure papers and other libraries publish: a ViT's last-block
+    pruning (a saving of the implementation, see ``VisionTransformer.set_last_block_pruning``) is switched off
+    while counting. ``as_executed=True`` counts what ``forward()`` really runs.
+    """
+    pruning = getattr(model, "prune_last_block", None)
+    if pruning is not None and not as_executed:
+        model.prune_last_block = False
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(images)
+    try:
+        with counter, torch.no_grad():
+            model(images)
+    finally:
+        if pruning is not None:
+            model.prune_last_block = pruning
     return counter.get_total_flops() // (2 * images.shape[0])
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -293,8 +293,8 @@ class VisionTransformer(nn.Module):
             PreLogits(cfg.width, cfg.representation_size) if cfg.representation_size else nn.Identity()
         )
         self.head: nn.Module = self._new_head(cfg.num_classes)
-        # Opt-in (see set_last_block_pruning): forward() runs the last block for the class token only.
-        self.prune_last_block = False
+        # On by default (see set_last_block_pruning): forward() runs the last block for the class token only.
+        self.prune_last_block = True
         if cfg.mpp_classes:
             self.mask_token = nn.Parameter(torch.randn(1, 1, cfg.width) * 0.02)
             self.mpp_head = nn.Linear(cfg.width, cfg.mpp_classes)
@@ -332,7 +332,14 @@ class VisionTransformer(nn.Module):
         representation = self.pre_logits(self.pool(features))
         return representation if pre_logits else self.head(representation)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, corrupt: Optional[Callable] = None) -> Any:
+        """Logits ``[B, num_classes]``; with ``corrupt`` (masked patch prediction), see :meth:`forward_mpp`.
+
+        The masked-patch path is a keyword of ``forward`` so that it runs through DDP / FSDP wrappers, whose
+        gradient synchronisation and parameter gathering hook the wrapped module's forward.
+        """
+        if corrupt is not None:
+            return self.forward_mpp(images, corrupt)
         if not (self.prune_last_block and self.num_prefix_tokens and len(self.blocks)):
             return self.forward_head(self.forward_features(images))
         # The head reads the class token only, so the last block's other outputs would be thrown away: compute
@@ -343,14 +350,26 @@ class VisionTransformer(nn.Module):
         prefix = self.blocks[-1](tokens, num_queries=self.num_prefix_tokens)  # [B, prefix, D]
         return self.forward_head(self.norm(prefix))
 
+    def forward_mpp(self, images: torch.Tensor, corrupt: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked patch prediction (Section 4.6): ``corrupt(patch_tokens, mask_token)`` returns the corrupted
+        tokens ``[B, N, D]`` and the corrupted positions ``[B, N]`` (bool); the result is the colour-class logits
+        of the corrupted positions ``[M, mpp_classes]`` and those positions."""
+        if not self.config.mpp_classes:
+            raise ConfigError("masked patch prediction needs a ViT built with mpp_classes > 0 (512 for RGB)")
+        tokens, corrupted = corrupt(self.patch_embed(images), self.mask_token)
+        encoded = self.encode_patch_embeddings(tokens)[:, self.num_prefix_tokens :]  # [B, N, D]
+        return self.mpp_head(encoded[corrupted]), corrupted
+
     def set_last_block_pruning(self, enabled: bool = True) -> None:
-        """Let ``forward()`` compute the last block for the class token only (class-token models; no-op for "gap").
+        """Whether ``forward()`` computes the last block for the class token only (class-token models; no effect
+        for "gap"). On by default.
 
         The logits and all gradients are those of the full model (up to float summation order); the last block's
         patch-token outputs, which the head never reads, are not computed: 13% of the training FLOPs of the
         depth-6 Fashion-MNIST preset, 7% of ViT-S/16's and ViT-B/16's. ``forward_features``,
-        ``forward_intermediates`` and ``get_attention_maps`` are unaffected. Off by default so that the FLOPs
-        counted from ``forward()`` remain the architecture's.
+        ``forward_intermediates`` and ``get_attention_maps`` are unaffected, and ``count_model_macs`` counts the
+        architecture's FLOPs whatever this says. Switch it off for forward hooks on the last block that expect
+        every token.
         """
         self.prune_last_block = bool(enabled)
 

@@ -39,7 +39,7 @@ from vitlab.errors import CheckpointError, ConfigError, VitlabError
 from vitlab.progress import Progress, results_table
 from vitlab.train import distributed as dist_utils
 from vitlab.train.checkpoint import CheckpointDir
-from vitlab.train.evaluation import accuracy, autocast, resolve_weights
+from vitlab.train.evaluation import accuracy, autocast, objective_accuracy, resolve_weights
 from vitlab.train.objectives import Objective, build_objective
 from vitlab.train.optim import EMA, Schedule, build_optimizer, set_lr
 from vitlab.train.rundir import RunDir
@@ -162,7 +162,8 @@ class Trainer:
         self.env = dist_utils.setup(cfg.distributed, cfg.train.device)
         self.run_dir = RunDir(out_dir, writer=self.env.is_main)
         self.ckpt = CheckpointDir(self.run_dir.checkpoints)
-        self.objective = objective or build_objective(cfg.train.loss, cfg.train.label_smoothing)
+        self.objective = objective or build_objective(cfg.train.loss, cfg.train.label_smoothing,
+                                                      cfg.train.objective)
         self.precision = resolve_precision(cfg.train.precision, self.env.device)
         self.micro = cfg.micro_batch_size(self.env.world_size)
         self.accum = cfg.accumulation_steps(self.env.world_size)
@@ -285,8 +286,15 @@ class Trainer:
                     f"{plan.in_chans}; set data.in_chans={in_chans}"
                 )
         else:
-            model = create_model(cfg.name, num_classes=plan.num_classes, img_size=plan.img_size,
-                                 in_chans=plan.in_chans, **cfg.overrides)
+            overrides, num_classes = dict(cfg.overrides), plan.num_classes
+            if self.cfg.train.objective == "mpp":
+                from vitlab.train.mpp import mpp_num_classes
+
+                if not overrides.get("mpp_classes"):
+                    overrides["mpp_classes"] = mpp_num_classes(plan.in_chans)  # 512 for RGB, 8 for grey
+                num_classes = 0  # no classifier to train: every parameter takes part (DDP needs that)
+            model = create_model(cfg.name, num_classes=num_classes, img_size=plan.img_size,
+                                 in_chans=plan.in_chans, **overrides)
         return model.to(self.env.device)
 
     def _total_steps(self, plan: DataPlan) -> int:
@@ -482,6 +490,14 @@ class Trainer:
         )
 
     # ---- evaluation, checkpoints, resume --------------------------------------------------------------------
+    def _evaluate(self, target: nn.Module, stream) -> dict[str, float]:
+        """Accuracy and loss on an evaluation split: top-1 of the classifier, or, for masked patch prediction,
+        of the corrupted patches' colour classes (with a fixed corruption seed, so steps compare alike)."""
+        if self.cfg.train.objective == "classify":
+            return accuracy(target, stream, self.env.device, self.precision.dtype)
+        return objective_accuracy(self.objective, target, stream, self.env.device, self.precision.dtype,
+                                  seed=self.cfg.seed)
+
     def _weights_for_eval(self, model, ema, eval_model) -> nn.Module:
         if ema is None:
             return model
@@ -493,7 +509,7 @@ class Trainer:
         split, stream = ("dev", plan.dev_stream) if plan.dev_stream is not None else ("test", plan.test_stream)
         if stream is None:
             return
-        result = accuracy(target, stream, self.env.device, self.precision.dtype)
+        result = self._evaluate(target, stream)
         self.run_dir.log_metrics({"step": state["step"], f"{split}_accuracy": result["accuracy"],
                                   f"{split}_loss": result["loss"]})
         progress.message(f"step {state['step']}: {split} accuracy {result['accuracy']:.4f}")
@@ -597,7 +613,7 @@ class Trainer:
         metrics: dict[str, Any] = {}
         target = self._weights_for_eval(model, ema, eval_model)
         if plan.dev_stream is not None:
-            dev = accuracy(target, plan.dev_stream, env.device, self.precision.dtype)
+            dev = self._evaluate(target, plan.dev_stream)
             metrics.update(dev_accuracy=dev["accuracy"], dev_loss=dev["loss"])
             self.run_dir.log_metrics({"step": state["step"], "dev_accuracy": dev["accuracy"],
                                       "dev_loss": dev["loss"]})
@@ -606,7 +622,7 @@ class Trainer:
             state["best"] = {"step": state["step"], "dev_accuracy": None}
             self._save_best(target)
         if plan.test_stream is not None:
-            test = accuracy(target, plan.test_stream, env.device, self.precision.dtype)
+            test = self._evaluate(target, plan.test_stream)
             metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
             self.run_dir.log_metrics({"step": state["step"], "test_accuracy": test["accuracy"],
                                       "test_loss": test["loss"]})

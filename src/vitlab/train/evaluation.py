@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,42 @@ def accuracy(
         "accuracy": correct / count if count else float("nan"),
         "loss": loss_sum / count if count else float("nan"),
         "count": count,
+    }
+
+
+def objective_accuracy(
+    objective: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """``{"accuracy", "loss", "count"}`` of a training objective on evaluation data (e.g. masked patch prediction:
+    the share of corrupted patches whose colour class is predicted). The objective's randomness is drawn from
+    ``seed`` inside a forked RNG, so every evaluation sees the same corruption and training's RNG is untouched."""
+    was_training = model.training
+    model.eval()
+    correct, count, loss_sum = 0.0, 0.0, 0.0
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(seed)
+            for images, targets in batches:
+                images = images.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
+                with autocast(device, autocast_dtype):
+                    loss, stats = objective(model, images, targets)
+                items = float(stats["count"])
+                loss_sum += float(loss) * items
+                correct += float(stats["correct"])
+                count += items
+    finally:
+        model.train(was_training)
+    return {
+        "accuracy": correct / count if count else float("nan"),
+        "loss": loss_sum / count if count else float("nan"),
+        "count": int(count),
     }
 
 

@@ -77,9 +77,9 @@ class MaskedPatchPrediction:
                 f"model.mpp_classes={base.config.mpp_classes} is too small for {images.shape[1]}-channel images at "
                 f"{self.bits} bits: need {mpp_num_classes(images.shape[1], self.bits)}"
             )
-        tokens, corrupted = self.corrupt(base.patch_embed(images), base.mask_token)
-        encoded = base.encode_patch_embeddings(tokens)[:, base.num_prefix_tokens :]  # [B, N, D]
-        logits = base.mpp_head(encoded[corrupted]).float()  # [M, classes], corrupted positions only
+        # Through the (possibly DDP / FSDP-wrapped) model's forward, so gradients are synchronised.
+        logits, corrupted = model(images, corrupt=self.corrupt)
+        logits = logits.float()  # [M, classes], corrupted positions only
         wanted = labels[corrupted]
         loss = F.cross_entropy(logits, wanted) if len(wanted) else logits.sum() * 0.0
         with torch.no_grad():

@@ -65,6 +65,10 @@ class Supervised:
         return loss, {"correct": correct, "count": torch.tensor(images.shape[0], device=logits.device)}
 
 
-def build_objective(loss: str, label_smoothing: float) -> Objective:
-    """The objective a config names (supervised classification for now)."""
+def build_objective(loss: str, label_smoothing: float, objective: str = "classify") -> Objective:
+    """The objective a config names: supervised classification, or masked patch prediction (``"mpp"``)."""
+    if objective == "mpp":
+        from vitlab.train.mpp import MaskedPatchPrediction
+
+        return MaskedPatchPrediction()
     return Supervised(loss=loss, label_smoothing=label_smoothing)
