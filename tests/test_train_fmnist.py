@@ -47,15 +47,16 @@ def test_short_fashion_mnist_run_learns_and_shows_progress(tmp_path, fashion_mni
               if '"loss"' in line]
     assert len(losses) == 6 and losses[-1] < 0.85 * losses[0]  # from ln(10) = 2.30 to about 1.7
 
-    # `vitlab finetune` from that checkpoint at a higher resolution (28 -> 32 px) on scikit-learn's digits
+    # `vitlab finetune` from that checkpoint at a higher resolution (28 -> 35 px: 4x4 -> 5x5 patches of 7 px) on
+    # scikit-learn's digits
     ft = tmp_path / "digits"
     result = subprocess.run(vitlab_cmd("finetune", "--config", "digits-finetune", f"model.init_from={out}",
-                                       "train.steps=15", "optim.warmup_steps=3", "train.num_threads=1",
+                                       "data.img_size=35", "train.steps=15", "optim.warmup_steps=3", "train.num_threads=1",
                                        "--sweep", "none", "--out", str(ft)),
                             capture_output=True, text=True, timeout=300, env=subprocess_env())
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((ft / "summary.json").read_text())
-    assert summary["task"] == "finetune" and summary["img_size"] == 32 and summary["dataset"] == "digits"
+    assert summary["task"] == "finetune" and summary["img_size"] == 35 and summary["dataset"] == "digits"
     assert summary["metrics"]["test_accuracy"] > 0.2  # chance is 0.10
 
 
