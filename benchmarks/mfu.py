@@ -21,7 +21,7 @@ Sides: ``vitlab`` (default settings, exact GELU: the last block runs for the cla
 the FLOPs a side executes (the honest use of the hardware); ``*_architecture`` count the architecture's FLOPs
 (for the pruned default, credit for work it skips; the "model FLOPs" convention of MFU).
 
-    python benchmarks/mfu.py            # ~2.5 CPU-min (5 min wall at load 5)
+    python benchmarks/mfu.py            # ~2.5 min on a quiet 2-core machine
     python benchmarks/mfu.py --quick    # seconds: a smoke test
 
 Writes ``benchmarks/results/mfu.json``. Targets (issue 7): ViT-B/16 inference >= 85% of the fp32 peak and >= 75%

@@ -14,7 +14,7 @@ of CPU time. Sides:
 
 Run from the repository root::
 
-    python benchmarks/throughput.py                 # all cases: ~4 CPU-min (6 min wall at load 5)
+    python benchmarks/throughput.py                 # all cases: ~3.5 min on a quiet 2-core machine
     python benchmarks/throughput.py --budget 90     # longer, steadier
     python benchmarks/throughput.py --only vit_s16-train-fp32 --threads 1
     python benchmarks/throughput.py --quick         # seconds: a smoke test

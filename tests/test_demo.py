@@ -19,7 +19,7 @@ TINY_ARCH = ("model.depth=1", "model.width=32", "model.mlp_dim=64", "model.num_h
 @pytest.fixture
 def tiny_size(monkeypatch):
     size = demo.DemoSize(
-        pretrain="fmnist-vit-tiny-demo",
+        pretrain="demo-cpu",
         pretrain_overrides=TINY_ARCH + ("train.steps=4", "train.batch_size=16", "optim.warmup_steps=1",
                                         "train.log_every=2", "data.eval_batch_size=500"),
         finetune="demo-cpu-transfer",

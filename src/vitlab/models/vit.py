@@ -365,8 +365,8 @@ class VisionTransformer(nn.Module):
         for "gap"). On by default.
 
         The logits and all gradients are those of the full model (up to float summation order); the last block's
-        patch-token outputs, which the head never reads, are not computed: 13% of the training FLOPs of the
-        depth-6 Fashion-MNIST preset, 7% of ViT-S/16's and ViT-B/16's. ``forward_features``,
+        patch-token outputs, which the head never reads, are not computed: 12-13% of the training FLOPs of the
+        depth-6 Fashion-MNIST models, 7% of ViT-S/16's and ViT-B/16's. ``forward_features``,
         ``forward_intermediates`` and ``get_attention_maps`` are unaffected, and ``count_model_macs`` counts the
         architecture's FLOPs whatever this says. Switch it off for forward hooks on the last block that expect
         every token.
