@@ -58,6 +58,23 @@ def test_flip_and_channels():
     assert T.normalize(torch.tensor([0.0, 255.0])).tolist() == [-1.0, 1.0]
 
 
+
+def test_translate_is_pad_and_crop_at_the_drawn_offset():
+    rng = np.random.default_rng(1)
+    x = torch.rand(5, 3, 7, 9) * 255
+    uniforms = rng.random((5, 2))
+    uniforms[0] = [0.0, 0.9999]  # the extremes: window at the top of the padded image and at its right end
+    moved = T.translate(x, uniforms, 2)
+    padded = F.pad(x, (2, 2, 2, 2))
+    for i, (u, v) in enumerate(uniforms):
+        dy, dx = int(u * 5), int(v * 5)  # offsets 0..4 into the padded image
+        assert torch.equal(moved[i], padded[i, :, dy:dy + 7, dx:dx + 9])
+    assert torch.equal(moved[0, :, :2], torch.zeros(3, 2, 9))  # shifted down by 2: black rows on top
+    assert torch.equal(T.translate(x, uniforms, 0), x)
+    dot = torch.zeros(2000, 1, 5, 5)
+    dot[:, :, 2, 2] = 1.0
+    landed = T.translate(dot, rng.random((2000, 2)), 2).sum(0)[0]
+    assert (landed > 0).all()  # the centre pixel reaches every position: shifts -2..2 both ways
 def _draws(n, op, layers=1):
     d = T.draw(T.AUGMENT_LEVELS["strong1"], 0, 0, 0, n)
     d.ra_ops[:] = T.RANDAUG_OPS.index(op)

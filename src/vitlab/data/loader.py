@@ -135,12 +135,14 @@ class BatchMaker:
 
 def finish_batch(x: torch.Tensor, y: torch.Tensor, draws: T.Draws | None, spec: T.AugmentSpec, in_chans: int,
                  num_classes: int, flipped: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch-level stages after crop/resize: flip, RandAugment, mixing, [-1, 1], channels, erasing.
+    """Batch-level stages after crop/resize: shift, flip, RandAugment, mixing, [-1, 1], channels, erasing.
 
     ``x`` is float ``[B, C, H, W]`` with values 0..255; ``draws`` is None for evaluation (no augmentation).
     Mixing commutes with the affine [-1, 1] scaling and with repeating grey to RGB, so it runs on the
     (possibly single-channel) pixels first; erasing noise lives in normalised space, so it runs last.
     """
+    if draws is not None and spec.shift:
+        x = T.translate(x, draws.shift, spec.shift)
     if draws is not None and spec.flip and not flipped:
         x = T.flip(x, draws.flip)
     if draws is not None and spec.randaug_layers:

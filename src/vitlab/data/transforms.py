@@ -26,6 +26,7 @@ class AugmentSpec:
     """One named augmentation level. Magnitudes follow RandAugment's 0..10 scale (10 = "full strength")."""
 
     crop: bool = False              # Inception-style random resized crop
+    shift: int = 0                  # random translation by up to this many pixels (pad with black, crop)
     flip: bool = False              # horizontal flip with probability 1/2
     randaug_layers: int = 0         # RandAugment: ops per image
     randaug_magnitude: float = 0.0  # RandAugment: strength, 0 = identity for the magnitude-driven ops
@@ -43,6 +44,10 @@ class AugmentSpec:
 AUGMENT_LEVELS: dict[str, AugmentSpec] = {
     "none": AugmentSpec(),
     "flip": AugmentSpec(flip=True),
+    # The small-image recipe (MNIST/CIFAR "pad and random crop"): translations of up to 2 pixels, which a
+    # 28-pixel image with centred objects can take without cutting the object; with and without a flip.
+    "shift": AugmentSpec(shift=2),
+    "shift_flip": AugmentSpec(shift=2, flip=True),
     # ViT paper, pre-training: "inception crop + flip" (official input pipeline).
     "paper": AugmentSpec(crop=True, flip=True),
     # AugReg (Steiner et al. 2021, "How to train your ViT?", big_vision vit_i21k_augreg config):
@@ -102,6 +107,7 @@ class Draws:
     mix_lam: float          # Beta draw for Mixup (or CutMix)
     use_cutmix: bool
     cut_centre: np.ndarray  # [2] uniforms
+    shift: np.ndarray       # [G, 2] uniforms: vertical and horizontal translation
 
     def rows(self, start: int, stop: int) -> "Draws":
         """The rows of one rank's (or one sample's) slice; batch-level values are shared."""
@@ -109,7 +115,7 @@ class Draws:
             self.crop[start:stop], self.flip[start:stop], self.ra_ops[start:stop], self.ra_apply[start:stop],
             self.ra_sign[start:stop], self.ra_u[start:stop], self.erase_apply[start:stop],
             self.erase[start:stop], self.sample_seed[start:stop], self.mix_lam, self.use_cutmix,
-            self.cut_centre,
+            self.cut_centre, self.shift[start:stop],
         )
 
 
@@ -131,8 +137,9 @@ def draw(spec: AugmentSpec, seed: int, epoch: int, step: int, global_batch: int,
     alpha = spec.cutmix_alpha if use_cutmix else spec.mixup_alpha
     mix_lam = float(rng.beta(alpha, alpha)) if alpha > 0 else 1.0
     cut_centre = rng.random(2)
+    shift = rng.random((g, 2))  # drawn last: the draws above stay those of earlier releases
     return Draws(crop, flip, ra_ops, ra_apply, ra_sign, ra_u, erase_apply, erase, sample_seed, mix_lam,
-                 use_cutmix, cut_centre)
+                 use_cutmix, cut_centre, shift)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -212,6 +219,24 @@ def _interp_matrices(start: np.ndarray, stop: np.ndarray, out: int, length: int,
     source = torch.arange(length, dtype=torch.float32).view(1, 1, -1)
     weights = (source - centre).abs_().div_(scale.clamp(min=1.0)).neg_().add_(1.0).clamp_(min=0.0)
     return weights.div_(weights.sum(-1, keepdim=True)).to(device)
+
+
+def translate(x: torch.Tensor, uniforms: np.ndarray, max_shift: int) -> torch.Tensor:
+    """Move each image by whole pixels, up to ``max_shift`` in each direction, filling with black (pixel 0).
+
+    The same as padding by ``max_shift`` and taking a random crop of the original size; ``uniforms`` is
+    ``[B, 2]`` in [0, 1) and picks the vertical and horizontal offsets. Whole pixels keep the pixels exact.
+    """
+    if max_shift <= 0:
+        return x
+    b, c, h, w = x.shape
+    offsets = torch.as_tensor(np.floor(uniforms * (2 * max_shift + 1)).astype(np.int64), device=x.device)
+    padded = F.pad(x, (max_shift,) * 4)  # [B, C, H + 2s, W + 2s], zeros outside
+    rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # [B, H]
+    cols = offsets[:, 1, None] + torch.arange(w, device=x.device)  # [B, W]
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    moved = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+    return moved.permute(0, 3, 1, 2)
 
 
 def flip(x: torch.Tensor, flags: np.ndarray) -> torch.Tensor:
