@@ -58,7 +58,6 @@ def test_flip_and_channels():
     assert T.normalize(torch.tensor([0.0, 255.0])).tolist() == [-1.0, 1.0]
 
 
-
 def test_translate_is_pad_and_crop_at_the_drawn_offset():
     rng = np.random.default_rng(1)
     x = torch.rand(5, 3, 7, 9) * 255
@@ -75,6 +74,8 @@ def test_translate_is_pad_and_crop_at_the_drawn_offset():
     dot[:, :, 2, 2] = 1.0
     landed = T.translate(dot, rng.random((2000, 2)), 2).sum(0)[0]
     assert (landed > 0).all()  # the centre pixel reaches every position: shifts -2..2 both ways
+
+
 def _draws(n, op, layers=1):
     d = T.draw(T.AUGMENT_LEVELS["strong1"], 0, 0, 0, n)
     d.ra_ops[:] = T.RANDAUG_OPS.index(op)
