@@ -143,3 +143,18 @@ def test_rgb_to_grey_and_rectangular_size():
     rgb = get_source("synthetic", num_samples=8, num_classes=2, img_size=10, channels=3, seed=0)
     x, _ = next(iter(build_stream(rgb, batch_size=8, train=False, img_size=(12, 16), in_chans=1)))
     assert x.shape == (8, 1, 12, 16)
+
+
+def test_closing_a_prefetching_stream_stops_and_joins_its_thread(source):
+    # A prefetch thread left running at interpreter exit can die inside a torch kernel and abort the process
+    # ("terminate called without an active exception"), so closing the iterator must leave no thread behind.
+    import threading
+
+    before = set(threading.enumerate())
+    batches = iter(build_stream(source, batch_size=8, train=True, img_size=12, augment="light2", seed=0,
+                                prefetch=2))
+    next(batches)
+    started = [t for t in threading.enumerate() if t not in before]
+    assert [t.name for t in started] == ["vitlab-batches"]
+    batches.close()
+    assert not started[0].is_alive()

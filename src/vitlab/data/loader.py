@@ -185,8 +185,16 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # N workers x all cores each would oversubscribe the machine
 
 
+# How long closing a stream waits for its prefetch thread's batch in progress (files of huge images take seconds).
+THREAD_JOIN_SECONDS = 60.0
+
+
 def _threaded(make, keys: Iterator, depth: int) -> Iterator[Payload]:
-    """Run ``make`` over ``keys`` in a daemon thread, ``depth`` results ahead; stops when abandoned."""
+    """Run ``make`` over ``keys`` in a daemon thread, ``depth`` results ahead; stops when abandoned.
+
+    Abandoning (closing the generator) also waits for the batch in progress: a daemon thread still inside a
+    torch kernel when the interpreter exits aborts the process ("terminate called without an active exception").
+    """
     results: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -220,6 +228,7 @@ def _threaded(make, keys: Iterator, depth: int) -> Iterator[Payload]:
             yield item
     finally:
         stop.set()
+        thread.join(timeout=THREAD_JOIN_SECONDS)
 
 
 class BatchStream:

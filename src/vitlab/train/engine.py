@@ -391,8 +391,18 @@ class Trainer:
 
     def _loop(self, train_model, model, optimizer, schedule, ema, scaler, plan, state, total_steps, progress,
               stop, eval_model) -> int | None:
-        cfg, env = self.cfg, self.env
+        # Closed on every way out (end, signal, divergence): the stream's prefetch thread must be stopped and
+        # joined before the process exits, or it can die inside a torch kernel and abort the process.
         batches = iter(plan.train_stream)
+        try:
+            return self._steps(train_model, model, optimizer, schedule, ema, scaler, plan, state, total_steps,
+                               progress, stop, eval_model, batches)
+        finally:
+            batches.close()
+
+    def _steps(self, train_model, model, optimizer, schedule, ema, scaler, plan, state, total_steps, progress,
+               stop, eval_model, batches: Iterator) -> int | None:
+        cfg, env = self.cfg, self.env
         window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "steps": 0, "seconds": 0.0}
         train_model.train()
         while state["step"] < total_steps:
