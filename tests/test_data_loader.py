@@ -92,8 +92,9 @@ def test_two_ranks_see_the_same_global_batch_as_one(source):
 def test_workers_prefetch_and_inline_agree(source):
     args = dict(batch_size=16, train=True, img_size=16, augment="deit", seed=8)
     inline = take(build_stream(source, prefetch=0, **args), 3)
-    threaded = take(build_stream(source, **args), 3)
+    # Workers first: forking right after a prefetch thread ends can copy MKL's allocator lock held (see _threaded).
     workers = take(build_stream(source, num_workers=2, **args), 3)
+    threaded = take(build_stream(source, **args), 3)
     for (x0, y0), (x1, y1), (x2, y2) in zip(inline, threaded, workers):
         assert torch.equal(x0, x1) and torch.equal(x0, x2)
         assert torch.equal(y0, y1) and torch.equal(y0, y2)
@@ -145,16 +146,21 @@ def test_rgb_to_grey_and_rectangular_size():
     assert x.shape == (8, 1, 12, 16)
 
 
-def test_closing_a_prefetching_stream_stops_and_joins_its_thread(source):
-    # A prefetch thread left running at interpreter exit can die inside a torch kernel and abort the process
-    # ("terminate called without an active exception"), so closing the iterator must leave no thread behind.
-    import threading
 
-    before = set(threading.enumerate())
-    batches = iter(build_stream(source, batch_size=8, train=True, img_size=12, augment="light2", seed=0,
-                                prefetch=2))
-    next(batches)
-    started = [t for t in threading.enumerate() if t not in before]
-    assert [t.name for t in started] == ["vitlab-batches"]
-    batches.close()
-    assert not started[0].is_alive()
+def test_exit_with_a_prefetching_stream_mid_way_is_clean(tmp_path):
+    # A prefetch thread still inside a torch kernel while the interpreter finalises aborts the process
+    # ("terminate called without an active exception", exit -6); exit must stop and wait for it first.
+    import subprocess
+    import sys
+
+    script = tmp_path / "leave.py"
+    script.write_text(
+        "from vitlab.data import build_stream, get_source\n"
+        "source = get_source('synthetic', num_samples=512, num_classes=4, img_size=28, channels=1, seed=0)\n"
+        "batches = iter(build_stream(source, batch_size=64, train=True, img_size=30, augment='light2', seed=0))\n"
+        "for _ in range(5):\n"
+        "    next(batches)\n"
+    )
+    for _ in range(3):
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "terminate called" not in done.stderr, done.stderr[-2000:]

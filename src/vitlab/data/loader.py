@@ -14,6 +14,7 @@ releases the GIL in its kernels, so in-memory augmentation overlaps the training
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import queue
@@ -185,15 +186,27 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # N workers x all cores each would oversubscribe the machine
 
 
-# How long closing a stream waits for its prefetch thread's batch in progress (files of huge images take seconds).
+# How long exit waits for a prefetch thread's batch in progress (files of huge images take seconds).
 THREAD_JOIN_SECONDS = 60.0
+_PREFETCH_THREADS: dict[threading.Thread, threading.Event] = {}  # running prefetch threads and their stop flags
+
+
+@atexit.register
+def _stop_prefetch_threads() -> None:
+    """Stop every prefetch thread and wait for it before the interpreter finalises (see :func:`_threaded`)."""
+    for thread, stop in list(_PREFETCH_THREADS.items()):
+        stop.set()
+        thread.join(timeout=THREAD_JOIN_SECONDS)
 
 
 def _threaded(make, keys: Iterator, depth: int) -> Iterator[Payload]:
     """Run ``make`` over ``keys`` in a daemon thread, ``depth`` results ahead; stops when abandoned.
 
-    Abandoning (closing the generator) also waits for the batch in progress: a daemon thread still inside a
-    torch kernel when the interpreter exits aborts the process ("terminate called without an active exception").
+    Abandoning (closing the generator) only signals the thread, which ends after its batch in progress. At
+    interpreter exit :func:`_stop_prefetch_threads` also waits for it: a daemon thread still inside a torch
+    kernel while the interpreter finalises aborts the process ("terminate called without an active exception").
+    Closing does not wait, because a thread that has just ended can still be releasing MKL's buffers, and a
+    ``fork`` (DataLoader workers) in that moment copies MKL's allocator lock held: the child then spins forever.
     """
     results: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -217,6 +230,7 @@ def _threaded(make, keys: Iterator, depth: int) -> Iterator[Payload]:
             put(("err", error))
 
     thread = threading.Thread(target=work, name="vitlab-batches", daemon=True)
+    _PREFETCH_THREADS[thread] = stop
     thread.start()
     try:
         while True:
@@ -228,7 +242,7 @@ def _threaded(make, keys: Iterator, depth: int) -> Iterator[Payload]:
             yield item
     finally:
         stop.set()
-        thread.join(timeout=THREAD_JOIN_SECONDS)
+        _PREFETCH_THREADS.pop(thread, None)
 
 
 class BatchStream:

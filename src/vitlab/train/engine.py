@@ -391,8 +391,8 @@ class Trainer:
 
     def _loop(self, train_model, model, optimizer, schedule, ema, scaler, plan, state, total_steps, progress,
               stop, eval_model) -> int | None:
-        # Closed on every way out (end, signal, divergence): the stream's prefetch thread must be stopped and
-        # joined before the process exits, or it can die inside a torch kernel and abort the process.
+        # Closed on every way out (end, signal, divergence), so the stream's prefetch thread stops making batches
+        # nobody will read while the run evaluates and saves (and exit has no batch in progress to wait for).
         batches = iter(plan.train_stream)
         try:
             return self._steps(train_model, model, optimizer, schedule, ema, scaler, plan, state, total_steps,
