@@ -228,6 +228,8 @@ def _threaded(make, keys: Iterator, depth: int) -> Iterator[Payload]:
             put(("end", None))
         except BaseException as error:  # noqa: BLE001 - re-raised in the consumer
             put(("err", error))
+        finally:
+            _PREFETCH_THREADS.pop(threading.current_thread(), None)  # exit need not wait for it any more
 
     thread = threading.Thread(target=work, name="vitlab-batches", daemon=True)
     _PREFETCH_THREADS[thread] = stop
@@ -242,7 +244,6 @@ def _threaded(make, keys: Iterator, depth: int) -> Iterator[Payload]:
             yield item
     finally:
         stop.set()
-        _PREFETCH_THREADS.pop(thread, None)
 
 
 class BatchStream:
