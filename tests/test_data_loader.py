@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -146,13 +148,9 @@ def test_rgb_to_grey_and_rectangular_size():
     assert x.shape == (8, 1, 12, 16)
 
 
-
 def test_exit_with_a_prefetching_stream_mid_way_is_clean(tmp_path):
     # A prefetch thread still inside a torch kernel while the interpreter finalises aborts the process
     # ("terminate called without an active exception", exit -6); exit must stop and wait for it first.
-    import subprocess
-    import sys
-
     script = tmp_path / "leave.py"
     script.write_text(
         "from vitlab.data import build_stream, get_source\n"
