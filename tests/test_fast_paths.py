@@ -2,7 +2,8 @@
 
 * ``vitlab.models.kernels.linear``: the reduction-major bf16 GEMM layout used on CPUs without native bf16;
 * the patch embedding as a matrix product over patches (same path, bf16 on such CPUs);
-* ``set_last_block_pruning``: the last block for the class token only; same logits and gradients.
+* ``set_last_block_pruning``: the last block for the class token only; same logits and gradients;
+* ``vitlab.models.kernels.attention``: the explicit ``softmax(q k^T) v`` for short fp32 sequences on a CPU.
 """
 from __future__ import annotations
 
@@ -73,6 +74,35 @@ def test_model_in_bf16_matches_the_plain_layers(monkeypatch) -> None:
     for name in ref_grads:
         assert fast_grads[name].dtype == torch.float32  # gradients reach the fp32 parameters in fp32
         assert relative_error(ref_grads[name], fast_grads[name]) < 5e-2, name
+
+
+@pytest.mark.parametrize("keys", [17, 65])  # the explicit product, then SDPA
+def test_attention_matches_sdpa_with_gradients(keys: int) -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 4, keys, 32, requires_grad=True) for _ in range(3))
+    assert kernels.uses_explicit_attention(q, k) == (keys <= kernels.EXPLICIT_ATTENTION_MAX_KEYS)
+    grad = torch.randn(3, 4, keys, 32)
+    ours = kernels.attention(q, k, v)
+    ours_grads = torch.autograd.grad(ours, (q, k, v), grad)
+    reference = F.scaled_dot_product_attention(q, k, v)
+    reference_grads = torch.autograd.grad(reference, (q, k, v), grad)
+    assert relative_error(reference, ours) < 1e-5
+    for got, want in zip(ours_grads, reference_grads):
+        assert relative_error(want, got) < 1e-5
+    # A single query against every key (the pruned last block) takes the same path.
+    assert relative_error(F.scaled_dot_product_attention(q[:, :, :1], k, v), kernels.attention(q[:, :, :1], k, v)) < 1e-5
+
+
+def test_attention_kernel_choice_and_dropout() -> None:
+    q = k = v = torch.randn(2, 2, 17, 8)
+    assert kernels.uses_explicit_attention(q, k)
+    assert not kernels.uses_explicit_attention(q.double(), k.double())  # fp32 only: SDPA elsewhere
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not kernels.uses_explicit_attention(q, k)  # bf16 products go through SDPA, not the reference GEMM
+    dropped = kernels.attention(q, k, torch.ones_like(v), dropout_p=0.5)
+    # Each output is a sum of kept probabilities scaled by 2: not 1 everywhere once some are dropped.
+    assert not torch.allclose(dropped, torch.ones_like(dropped))
+    assert torch.allclose(kernels.attention(q, k, torch.ones_like(v)), torch.ones(2, 2, 17, 8))
 
 
 def test_patch_embedding_as_matrix_product_equals_the_conv() -> None:

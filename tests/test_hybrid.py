@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import vitlab
-from vitlab.errors import ConfigError
+from vitlab.errors import ConfigError, ShapeError
 from vitlab.models.hybrid import NUMERICS, HybridEmbed
 from vitlab.models.resnet import StdConv2d, same_padding
 
@@ -138,6 +138,53 @@ def test_r50_vit_l32_is_created_on_meta():
         assert name in vitlab.list_models()
         with torch.device("meta"):
             vitlab.create_model(name)
+
+
+def test_stem_alone_hybrid_cuts_patches_from_the_stride_4_map(tmp_path):
+    """``hybrid_layers=()``: the official ``resnet.num_layers=()`` (its R+Ti/16), the ResNet root and no stages."""
+    from vitlab.interop.official import load_npz_any, save_npz
+
+    model = tiny_hybrid(hybrid_layers=(), patch_size=2, img_size=32, in_chans=1)
+    assert model.config.is_hybrid and model.config.total_stem_stride == 4 and model.config.grid_size == (4, 4)
+    assert len(model.patch_embed.stages) == 0 and model.patch_embed.proj.in_channels == 32
+    assert model.patch_embed.grid_size((48, 48)) == (6, 6)
+    stem = 7 * 7 * 32 + 2 * 32  # 7x7 conv without bias from 1 channel, GroupNorm scale and bias
+    plain = vitlab.create_model("vit_ti2", num_classes=3, img_size=8, in_chans=32, width=64, depth=1, num_heads=2,
+                                mlp_dim=128)  # the same ViT on the stem's 8x8x32 map
+    assert n_params(model) == stem + n_params(plain)
+    jitter_(model, 0.05)
+    images = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        features = model.patch_embed.forward_features(images)
+        assert features.shape == (2, 32, 8, 8)
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("patch_embed.stem")})
+        assert torch.allclose(plain(features), model(images), atol=1e-6)  # stem, then an ordinary ViT
+    path = tmp_path / "r_ti.npz"
+    save_npz(model, path)
+    rebuilt = load_npz_any(path)
+    assert rebuilt.config.hybrid_layers == () and rebuilt.config.img_size == (32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images), model(images))
+    with pytest.raises(ConfigError, match="hybrid_layers"):
+        tiny_hybrid(hybrid_layers=(2, 0))
+    with pytest.raises(ShapeError, match="ResNet stride x patch"):
+        tiny_hybrid(hybrid_layers=(), patch_size=3, img_size=32)
+
+
+def test_from_timm_stem_alone_hybrid_same_logits():
+    """timm's R+ViT-Ti (``vit_tiny_r_s16_p8``): its backbone is the ResNet root alone, a conv-norm-pool Sequential."""
+    timm = pytest.importorskip("timm")
+    from vitlab.interop.timm import from_timm
+
+    torch.manual_seed(0)
+    reference = timm.create_model("vit_tiny_r_s16_p8_224", pretrained=False, img_size=64, depth=2).eval()
+    jitter_(reference, 0.05)
+    ours = from_timm(reference).eval()
+    assert ours.config.hybrid_layers == () and ours.config.hybrid_width == 64 and ours.config.patch_size == 8
+    assert n_params(ours) == n_params(reference)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert rel_err(reference(images), ours(images)) < 1e-5
 
 
 def test_gmacs_are_counted():

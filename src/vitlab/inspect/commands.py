@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from vitlab.inspect.figures import distance_figure, filters_figure, heatmap_overlay, similarity_figure, tile
 
     model = load_subject(args)
-    if getattr(model, "family", "") != "vit" or model.config.hybrid_layers:
+    if getattr(model, "family", "") != "vit" or model.config.is_hybrid:
         raise ConfigError("vitlab inspect works on plain ViT models (attention maps, patch filters)")
     cfg = model.config
     out = Path(args.out)

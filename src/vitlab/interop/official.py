@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from vitlab.errors import CheckpointError
+from vitlab.models.vit import hybrid_stride
 from vitlab.models.weights import atomic_write, load_weights, model_family
 
 PREFIXES = ("", "opt/target/", "params/")  # where training code of different eras nested the parameters
@@ -110,7 +111,7 @@ def _vit_rows(model: nn.Module) -> list[KeyMap]:
         rows += [KeyMap("pre_logits/kernel", "pre_logits.fc.weight", "dense"), KeyMap("pre_logits/bias", "pre_logits.fc.bias", "same")]
     if cfg.num_classes:
         rows += [KeyMap("head/kernel", "head.weight", "dense"), KeyMap("head/bias", "head.bias", "same")]
-    if cfg.hybrid_layers:
+    if cfg.is_hybrid:
         from vitlab.interop.official_resnet import hybrid_rows
 
         rows += hybrid_rows(model)
@@ -224,7 +225,7 @@ def config_from_npz(arrays: dict[str, np.ndarray]) -> tuple[str, dict]:
         from vitlab.interop.official_resnet import hybrid_fields_from_npz
 
         fields.update(hybrid_fields_from_npz(arrays))  # stages, stem width, and in_chans from the ResNet's root conv
-        stride *= 4 * 2 ** (len(fields["hybrid_layers"]) - 1)
+        stride *= hybrid_stride(fields["hybrid_layers"])
     pos_key = "Transformer/posembed_input/pos_embedding"
     if pos_key in arrays:
         num_patches = arrays[pos_key].shape[1] - (1 if fields["classifier"] == "token" else 0)

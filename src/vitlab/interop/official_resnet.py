@@ -78,7 +78,10 @@ def _units_per_block(arrays: dict[str, np.ndarray], pattern: str) -> tuple[int, 
 
 
 def hybrid_layers_from_npz(arrays: dict[str, np.ndarray]) -> tuple[int, ...]:
-    """Units per stage of a hybrid checkpoint, e.g. ``(3, 4, 9)`` for R50+ViT-B/16."""
+    """Units per stage of a hybrid checkpoint, e.g. ``(3, 4, 9)`` for R50+ViT-B/16; ``()`` when it has the ResNet's
+    root alone (the official R+Ti/16)."""
+    if not any(key.startswith("block") for key in arrays):
+        return ()
     return _units_per_block(arrays, r"^block(\d+)/unit(\d+)/")
 
 

@@ -29,7 +29,7 @@ def from_timm(timm_model: nn.Module) -> nn.Module:
     fields = vit_config_from_timm(timm_model)
     model = build_from_config("vit", fields)
     state = {("pos_embed.weight" if key == "pos_embed" else key): value for key, value in timm_model.state_dict().items()}
-    if fields.get("hybrid_layers"):
+    if fields.get("hybrid_layers") is not None:
         from vitlab.interop.timm_resnet import hybrid_state_from_timm
 
         state = hybrid_state_from_timm(timm_model, state)

@@ -7,7 +7,8 @@ here; the hybrid helpers give the ResNet part of a hybrid ViT, the ViT part is c
 Name mapping (timm -> ours):
   BiT:     ``stem.conv`` -> ``stem.conv``; ``stages.{i}.blocks.{j}.{norm,conv}{1,2,3}`` -> ``stages.{i}.{j}.…``;
            ``….downsample.conv`` -> ``….shortcut``; ``norm`` -> ``norm``; 1x1-conv ``head.fc`` -> linear ``head``.
-  hybrid:  ``patch_embed.backbone.stem.{conv,norm}`` -> ``patch_embed.stem.…``;
+  hybrid:  ``patch_embed.backbone.stem.{conv,norm}`` -> ``patch_embed.stem.…`` (``patch_embed.backbone.{conv,norm}``
+           for timm's stem-alone backbone, ``vit_tiny_r_s16_p8_*``);
            ``patch_embed.backbone.stages.{i}.blocks.{j}.…`` -> ``patch_embed.stages.{i}.{j}.…``;
            ``….downsample.{conv,norm}`` -> ``….shortcut.{conv,norm}``.
 """
@@ -106,24 +107,35 @@ def from_timm_resnetv2(model: nn.Module) -> ResNetV2:
 
 # -- hybrid --------------------------------------------------------------------------------------------------------
 def is_timm_hybrid(model: nn.Module) -> bool:
-    """A timm ViT whose patch embedding runs the official hybrid's ResNet (timm's ``vit_*_r50_*``, ``vit_*_r26_*``)."""
+    """A timm ViT whose patch embedding runs the official hybrid's ResNet (timm's ``vit_*_r50_*``, ``vit_*_r26_*``),
+    or its root alone (``vit_tiny_r_s16_p8_*``: a ``Sequential`` of conv, norm and pool)."""
     backbone = getattr(getattr(model, "patch_embed", None), "backbone", None)
-    return backbone is not None and type(backbone).__name__ == "ResNetV2" and hasattr(backbone, "stages")
+    if backbone is None:
+        return False
+    if type(backbone).__name__ == "ResNetV2":
+        return hasattr(backbone, "stages")
+    return isinstance(backbone, nn.Sequential) and all(hasattr(backbone, name) for name in ("conv", "norm", "pool"))
+
+
+def _stem_and_layers(backbone: nn.Module) -> tuple[nn.Module, tuple[int, ...]]:
+    """The stem (conv, norm[, pool]) of a timm hybrid backbone and its units per stage (``()``: the stem alone)."""
+    if isinstance(backbone, nn.Sequential):
+        return backbone, ()
+    return backbone.stem, _layers(backbone.stages)
 
 
 def hybrid_fields_from_timm(model: nn.Module) -> dict[str, Any]:
     """ViTConfig fields of a timm hybrid's ResNet: stages, stem width and timm's numerics."""
     if not is_timm_hybrid(model):
         raise CheckpointError(f"{type(model).__name__} has no timm ResNetV2 backbone in its patch embedding")
-    backbone = model.patch_embed.backbone
-    stem = backbone.stem
+    stem, layers = _stem_and_layers(model.patch_embed.backbone)
     if not (hasattr(stem, "norm") and hasattr(stem, "conv")) or hasattr(stem, "pad"):
         raise CheckpointError("timm hybrid backbone: expected the official stem (conv, GroupNorm, SAME max-pool)")
     gn_eps = _eps(stem.norm, "the stem GroupNorm")
     if gn_eps != NUMERICS["timm"].gn_eps:
         raise CheckpointError(f"timm hybrid backbone: GroupNorm eps {gn_eps} differs from {NUMERICS['timm'].gn_eps}")
     return dict(
-        hybrid_layers=_layers(backbone.stages),
+        hybrid_layers=layers,
         hybrid_width=stem.conv.out_channels,
         in_chans=stem.conv.in_channels,
         ws_style="timm",
@@ -141,6 +153,8 @@ def _hybrid_key(key: str) -> str:
         return f"patch_embed.stages.{match[1]}.{match[2]}.{_unit_key(match[3])}"
     if rest.startswith("stem."):
         return f"patch_embed.{rest}"
+    if rest.startswith(("conv.", "norm.")):  # a stem-alone backbone: the stem's modules sit at its top
+        return f"patch_embed.stem.{rest}"
     raise CheckpointError(f"timm hybrid backbone has key {key!r} with no counterpart in vitlab's HybridEmbed")
 
 

@@ -6,6 +6,7 @@ import fnmatch
 
 from vitlab.models.flops import count_macs
 from vitlab.models.registry import list_models, model_spec
+from vitlab.models.vit import hybrid_stride
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
         if not fnmatch.fnmatch(name, args.pattern):
             continue
         family, fields = model_spec(name)
-        patch = fields.get("patch_size", 1) * (4 * 2 ** (len(fields["hybrid_layers"]) - 1) if fields.get("hybrid_layers") else 1)
+        layers = fields.get("hybrid_layers")
+        patch = fields.get("patch_size", 1) * (1 if layers is None else hybrid_stride(layers))
         if family == "vit" and args.img_size % patch:
             continue  # this patch size does not tile the requested resolution
         try:

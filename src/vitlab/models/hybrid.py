@@ -120,13 +120,13 @@ class HybridEmbed(nn.Module):
 
     Stages follow ``cfg.hybrid_layers``: stage ``i`` has ``hybrid_width * 2**i`` bottleneck channels (4x that out),
     the first stage keeps the stem's stride 4 and each later one halves the map (stride 16 for three stages,
-    32 for four).
+    32 for four). No stages (``hybrid_layers=()``): the patches are cut from the stem's stride-4 map.
     """
 
     def __init__(self, cfg: "ViTConfig") -> None:
         super().__init__()
-        if not cfg.hybrid_layers or min(cfg.hybrid_layers) < 1:
-            raise ConfigError(f"hybrid_layers must list positive unit counts per stage, got {cfg.hybrid_layers!r}")
+        if cfg.hybrid_layers is None:
+            raise ConfigError("a hybrid embedding needs hybrid_layers (units per stage; [] for the stem alone)")
         self.in_chans, self.img_size, self.patch_size = cfg.in_chans, cfg.img_size, cfg.patch_size
         layers = _Layers(cfg)
         self.stem = HybridStem(layers, cfg.in_chans, cfg.hybrid_width)
@@ -146,7 +146,7 @@ class HybridEmbed(nn.Module):
 
     def feature_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
         """Size of the ResNet feature map: every stride-2 SAME op maps ``n`` to ``ceil(n / 2)``."""
-        halvings = 2 + len(self.stages) - 1  # stem conv, stem pool, one per later stage
+        halvings = 2 + max(len(self.stages) - 1, 0)  # stem conv, stem pool, one per stage after the first
         size = list(img_size)
         for _ in range(halvings):
             size = [math.ceil(s / 2) for s in size]

@@ -6,6 +6,10 @@ seven: ``A.T @ B`` with both ``A`` and ``B`` row-major (the reduction running ov
 while the layout that ``nn.Linear``'s backward uses for the input gradient (``grad @ W``) is the slowest. Every
 layout accumulates in fp32 and rounds the result to bf16 once, so choosing the fast one changes no numbers beyond
 summation order. :func:`linear` does that; everywhere else (fp32, GPUs, CPUs with native bf16) it is ``F.linear``.
+
+:func:`attention` computes ``softmax(q k^T / sqrt(d)) v``. PyTorch's CPU flash-attention kernel is made for long
+sequences; for the few tokens of small images (17 for 28-px images in 7x7 patches) the explicit product, whose
+score matrix is tiny, is two to three times faster forward plus backward. Same math, other summation order.
 """
 from __future__ import annotations
 
@@ -88,3 +92,33 @@ class _ReductionMajorLinear(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_rows.sum(0)
         return grad_x, grad_w, grad_b
+
+
+# Up to this many keys, the explicit product beats the CPU flash-attention kernel in fp32 (forward + backward, batch
+# 64, 4 heads of 32, 2 threads: 2.8x faster at 17 keys, 1.9x at 50, 1.45x at 65, 0.96x at 101, 0.58x at 197).
+EXPLICIT_ATTENTION_MAX_KEYS = 64
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d))``: ``[..., Nq, Nk]`` for ``q [..., Nq, d]``, ``k [..., Nk, d]``."""
+    return torch.softmax(torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1)), dim=-1)
+
+
+def uses_explicit_attention(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """True where :func:`attention` computes the product explicitly: fp32 on a CPU, few keys, no autocast."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype == torch.float32
+        and k.shape[-2] <= EXPLICIT_ATTENTION_MAX_KEYS
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` with dropout on the probabilities: SDPA, or the explicit product where faster."""
+    if not uses_explicit_attention(q, k):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    probs = attention_probs(q, k)
+    if dropout_p:
+        probs = F.dropout(probs, dropout_p)
+    return torch.matmul(probs, v)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,11 @@ from vitlab.models.posemb import POSEMB_KINDS, build_pos_embed
 
 CLASSIFIERS = ("token", "gap")
 GELU_KINDS = ("tanh", "exact")
+
+
+def hybrid_stride(hybrid_layers: Sequence[int]) -> int:
+    """Stride of a hybrid's ResNet: 4 from the root (conv and max-pool), x2 for each stage after the first."""
+    return 4 * 2 ** max(len(hybrid_layers) - 1, 0)
 
 
 @dataclass
@@ -51,7 +56,9 @@ class ViTConfig:
     # this many classes (512 = 3-bit mean colour of an RGB patch). 0 = none; removed for fine-tuning.
     mpp_classes: int = 0
     # Hybrid (Section 3.1, "Hybrid Architecture"): a ResNet stem whose feature map is cut into patch_size patches.
-    hybrid_layers: Optional[tuple[int, ...]] = None  # ResNet units per stage; None = plain patch embedding
+    # ResNet units per stage; None = plain patch embedding; () = the ResNet's root alone (conv, GroupNorm, max-pool:
+    # stride 4), as the official code allows (``resnet.num_layers=()``, its R+Ti/16).
+    hybrid_layers: Optional[tuple[int, ...]] = None
     hybrid_width: int = 64
     ws_eps: float = 1e-5
     ws_style: str = "official"
@@ -62,6 +69,11 @@ class ViTConfig:
         self.img_size = tuple(int(s) for s in self.img_size)  # type: ignore[assignment]
         if self.hybrid_layers is not None:
             self.hybrid_layers = tuple(int(n) for n in self.hybrid_layers)
+            if any(n < 1 for n in self.hybrid_layers):
+                raise ConfigError(
+                    f"hybrid_layers must list positive unit counts per stage ([] for the stem alone), "
+                    f"got {list(self.hybrid_layers)}"
+                )
         _check_choice("classifier", self.classifier, CLASSIFIERS)
         _check_choice("posemb", self.posemb, POSEMB_KINDS)
         _check_choice("gelu", self.gelu, GELU_KINDS)
@@ -77,18 +89,23 @@ class ViTConfig:
         for name in ("dropout", "attn_dropout", "drop_path"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        stride = self.patch_size * (self.total_stem_stride if self.hybrid_layers else 1)
+        stride = self.patch_size * self.total_stem_stride
         for side in self.img_size:
             if side % stride:
                 raise ShapeError(
                     f"image size {self.img_size[0]}x{self.img_size[1]} is not divisible by the patch size {stride}"
-                    + (" (ResNet stride x patch)" if self.hybrid_layers else "")
+                    + (" (ResNet stride x patch)" if self.is_hybrid else "")
                 )
 
     @property
+    def is_hybrid(self) -> bool:
+        """Whether tokens are cut from a ResNet feature map (``hybrid_layers`` given, even empty) or from pixels."""
+        return self.hybrid_layers is not None
+
+    @property
     def total_stem_stride(self) -> int:
-        """Stride of the hybrid ResNet: 4 from the stem, x2 for each stage after the first."""
-        return 4 * 2 ** (len(self.hybrid_layers) - 1) if self.hybrid_layers else 1
+        """Stride of the hybrid ResNet (1 for a plain ViT): see :func:`hybrid_stride`."""
+        return hybrid_stride(self.hybrid_layers) if self.is_hybrid else 1
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -156,7 +173,7 @@ def check_image_shape(images: torch.Tensor, in_chans: int, img_size: tuple[int, 
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection; the product goes through SDPA.
+    """Multi-head self-attention with one fused qkv projection; the product goes through :func:`kernels.attention`.
 
     ``num_queries=n`` computes the outputs of the first ``n`` tokens only (all tokens still serve as keys and
     values): what the last block needs when only the class token is read out.
@@ -194,13 +211,13 @@ class Attention(nn.Module):
     def forward(self, tokens: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
         q, k, v = self._heads(tokens, num_queries)
         dropout = self.attn_dropout if self.training else 0.0
-        mixed = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # [B, heads, Nq, head_dim]
+        mixed = kernels.attention(q, k, v, dropout_p=dropout)  # [B, heads, Nq, head_dim]
         return kernels.linear(mixed.transpose(1, 2).flatten(2), self.proj.weight, self.proj.bias)
 
     def attention_probs(self, tokens: torch.Tensor) -> torch.Tensor:
         """The softmax attention matrix ``[B, heads, N, N]`` (what SDPA computes but does not return)."""
         q, k, _ = self._heads(tokens)
-        return torch.softmax((q * self.head_dim**-0.5) @ k.transpose(-2, -1), dim=-1)
+        return kernels.attention_probs(q, k)
 
 
 class Mlp(nn.Module):
@@ -276,7 +293,7 @@ class VisionTransformer(nn.Module):
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.config = cfg
-        if cfg.hybrid_layers:
+        if cfg.is_hybrid:
             from vitlab.models.hybrid import HybridEmbed  # the ResNet stem of the hybrid models
 
             self.patch_embed: nn.Module = HybridEmbed(cfg)

@@ -69,7 +69,7 @@ class MaskedPatchPrediction:
         base = getattr(model, "module", model)  # DDP / FSDP wrappers keep the ViT in .module
         if not getattr(base.config, "mpp_classes", 0):
             raise ConfigError("masked patch prediction needs a ViT built with model.mpp_classes > 0 (512 for RGB)")
-        if base.config.hybrid_layers:
+        if base.config.is_hybrid:
             raise ConfigError("masked patch prediction works on plain ViTs (patch colours), not hybrids")
         labels = mean_colour_targets(images, base.config.patch_size, self.bits)  # [B, N]
         if int(labels.max()) >= base.config.mpp_classes:
