@@ -6,7 +6,10 @@ In-memory sets (Fashion-MNIST 28 px -> 32 px) are augmented on whole batches of 
 how many images per second one process turns into training batches, with augmentation ``none``, the
 paper's ``paper`` (inception crop + flip) and the AugReg level ``light2`` (+ RandAugment(2, 10), mixup).
 "stall" is the share of time a consumer that spends ``--step-ms`` (several values) per batch waits for the next one (the
-default background-thread prefetch, or worker processes): 0 means the training loop never waits.
+background-thread prefetch, 2 batches ahead, or worker processes): 0 means the training loop never waits.
+"cpu_training" is the consumer that matters on a CPU: the ``fmnist-vit-tiny`` preset's model trained (forward,
+backward, AdamW) on the stream's batches of 64, with the batches made inline (``prefetch=0``, the default for
+in-memory sets on a CPU) and by the prefetch thread, whose kernels compete with the step for the same cores.
 
 The image-folder pipeline decodes JPEGs (160x120, written to a temporary folder first) with inception
 crop + flip to 96 px, in-process and with worker processes. Results go to stdout and a JSON file.
@@ -54,6 +57,29 @@ def stall_fraction(stream, batches: int, step_s: float) -> float:
     return waited / (time.perf_counter() - start)
 
 
+def training_images_per_second(stream, steps: int, warmup: int = 5) -> float:
+    """Images/s of the ``fmnist-vit-tiny`` preset's model trained on ``stream`` (fwd + bwd + AdamW, fp32)."""
+    import vitlab
+    from vitlab.config import load_config
+
+    cfg = load_config("fmnist-vit-tiny")
+    model = vitlab.create_model(cfg.model.name, num_classes=10, img_size=cfg.data.img_size, in_chans=1,
+                                **cfg.model.overrides)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    it = iter(stream)
+    count, start = 0, 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            start, count = time.perf_counter(), 0
+        images, labels = next(it)
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        count += len(images)
+    return count / (time.perf_counter() - start)
+
+
 def make_folder(root: Path, n: int) -> None:
     rng = np.random.default_rng(0)
     for i in range(n):
@@ -70,6 +96,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--step-ms", type=float, nargs="+", default=[20.0, 100.0],
                         help="consumer step times for the stall measurement")
+    parser.add_argument("--train-steps", type=int, default=60, help="steps of the CPU-training consumer")
     parser.add_argument("--folder-images", type=int, default=1024)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "loader.json"))
@@ -92,12 +119,22 @@ def main() -> None:
         for augment in ("none", "paper", "light2"):
             common = dict(batch_size=args.batch_size, train=True, img_size=32, in_chans=3, augment=augment, seed=0)
             rate = images_per_second(build_stream(fmnist, prefetch=0, **common), args.batches)
-            stalls = {ms: stall_fraction(build_stream(fmnist, **common), args.batches, ms / 1000) for ms in args.step_ms}
+            stalls = {ms: stall_fraction(build_stream(fmnist, prefetch=2, **common), args.batches, ms / 1000)
+                      for ms in args.step_ms}
             table[augment] = {"images_per_second": round(rate),
                               "stall_fraction_by_step_ms": {str(ms): round(v, 4) for ms, v in stalls.items()}}
             print(f"fashion_mnist 28->32 augment={augment:7s} torch threads {threads}: {rate:8.0f} images/s   "
                   f"stall " + ", ".join(f"{100 * v:.1f}% at {ms:.0f} ms/step" for ms, v in stalls.items()))
     torch.set_num_threads(default_threads)
+    table = results["fashion_mnist"]["cpu_training"] = {}
+    for augment in ("none", "paper"):
+        common = dict(batch_size=64, train=True, img_size=32, in_chans=1, augment=augment, seed=0)
+        rates = {f"prefetch_{depth}": round(training_images_per_second(build_stream(fmnist, prefetch=depth, **common),
+                                                                         args.train_steps))
+                 for depth in (0, 2)}
+        table[augment] = rates
+        print(f"fashion_mnist 28->32 augment={augment:7s} CPU training images/s: inline {rates['prefetch_0']}, "
+              f"prefetch thread {rates['prefetch_2']}")
     table = results["fashion_mnist"][f"workers_{args.workers}"] = {}
     for augment in ("none", "paper", "light2"):  # worker processes (1 torch thread each) make whole batches
         common = dict(batch_size=args.batch_size, train=True, img_size=32, in_chans=3, augment=augment, seed=0,

@@ -142,10 +142,12 @@ def engine_case(args: Any) -> dict[str, Any]:
 
     steps = 3 if args.quick else 30
     threads = args.threads or torch.get_num_threads()
+    plain = [f"model.{key}={value}" for key, value in C.FMNIST_TINY_OVERRIDES.items()]
     cfg = load_config("fmnist-vit-tiny", [
-        "data.dataset=synthetic", "data.options.num_samples=1024", "data.options.img_size=28",
-        "data.options.channels=1", "data.test_split=null", f"train.steps={steps}", "train.log_every=10",
-        "train.checkpoint_every=0", f"train.num_threads={threads}", "train.precision=fp32",
+        "model.name=vit_ti7", "model.hybrid_layers=null", "data.img_size=28", *plain,
+        f"train.batch_size={C.FMNIST_TINY_BATCH}", "data.dataset=synthetic", "data.options.num_samples=1024",
+        "data.options.img_size=28", "data.options.channels=1", "data.test_split=null", f"train.steps={steps}",
+        "train.log_every=10", "train.checkpoint_every=0", f"train.num_threads={threads}", "train.precision=fp32",
         "optim.warmup_steps=0",
     ])
     batch = cfg.train.batch_size

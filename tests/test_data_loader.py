@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vitlab.data import build_stream, get_source
+from vitlab.data.loader import DEFAULT_PREFETCH, default_prefetch
 from vitlab.data.transforms import AUGMENT_LEVELS
 from vitlab.errors import ConfigError, DataError
 
@@ -96,10 +97,19 @@ def test_workers_prefetch_and_inline_agree(source):
     inline = take(build_stream(source, prefetch=0, **args), 3)
     # Workers first: forking right after a prefetch thread ends can copy MKL's allocator lock held (see _threaded).
     workers = take(build_stream(source, num_workers=2, **args), 3)
-    threaded = take(build_stream(source, **args), 3)
+    threaded = take(build_stream(source, prefetch=2, **args), 3)
     for (x0, y0), (x1, y1), (x2, y2) in zip(inline, threaded, workers):
         assert torch.equal(x0, x1) and torch.equal(x0, x2)
         assert torch.equal(y0, y1) and torch.equal(y0, y2)
+
+
+def test_in_memory_sets_on_a_cpu_are_made_inline_by_default(source):
+    # The prefetch thread's kernels compete with a CPU training step for its cores (default_prefetch's figures).
+    assert source.in_memory
+    assert build_stream(source, batch_size=8, train=True, img_size=16).prefetch == 0
+    assert build_stream(source, batch_size=8, train=True, img_size=16, prefetch=3).prefetch == 3
+    assert default_prefetch(source, num_workers=2, device=torch.device("cpu")) == DEFAULT_PREFETCH
+    assert default_prefetch(source, num_workers=0, device=torch.device("cuda")) == DEFAULT_PREFETCH
 
 
 def test_indices_restrict_the_stream(source):
@@ -155,7 +165,8 @@ def test_exit_with_a_prefetching_stream_mid_way_is_clean(tmp_path):
     script.write_text(
         "from vitlab.data import build_stream, get_source\n"
         "source = get_source('synthetic', num_samples=512, num_classes=4, img_size=28, channels=1, seed=0)\n"
-        "batches = iter(build_stream(source, batch_size=64, train=True, img_size=30, augment='light2', seed=0))\n"
+        "batches = iter(build_stream(source, batch_size=64, train=True, img_size=30, augment='light2', seed=0,\n"
+        "                             prefetch=2))\n"
         "for _ in range(5):\n"
         "    next(batches)\n"
     )

@@ -1,5 +1,5 @@
 """Real data through the real commands: `vitlab pretrain --config fmnist-vit-tiny` (shortened) learns Fashion-MNIST,
-and `vitlab finetune --config digits-finetune` moves it to 32 px digits.
+and `vitlab finetune --config digits-finetune` moves it to 48 px digits.
 
 The full preset's ">= 90% test accuracy in 10 minutes on 2 cores" is measured by the slow test below and in
 the issue report; the fast test trains a cut-down model for a few dozen steps and checks that it learns
@@ -41,22 +41,22 @@ def test_short_fashion_mnist_run_learns_and_shows_progress(tmp_path, fashion_mni
     # (text mode turns the bar's carriage returns into newlines)
     assert "pretrain 60/60 [####" in result.stderr and "ETA" in result.stderr and "img/s" in result.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["dataset"] == "fashion_mnist" and summary["img_size"] == 28 and summary["num_classes"] == 10
+    assert summary["dataset"] == "fashion_mnist" and summary["img_size"] == 32 and summary["num_classes"] == 10
     assert summary["metrics"]["test_accuracy"] > 0.3, summary["metrics"]  # chance is 0.10 (measured: 0.41)
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
               if '"loss"' in line]
     assert len(losses) == 6 and losses[-1] < 0.85 * losses[0]  # from ln(10) = 2.30 to about 1.7
 
-    # `vitlab finetune` from that checkpoint at a higher resolution (28 -> 35 px: 4x4 -> 5x5 patches of 7 px) on
-    # scikit-learn's digits
+    # `vitlab finetune` from that checkpoint at a higher resolution (32 -> 48 px: 4x4 -> 6x6 patches of 2x2 on the
+    # ResNet stem's stride-4 map) on scikit-learn's digits
     ft = tmp_path / "digits"
     result = subprocess.run(vitlab_cmd("finetune", "--config", "digits-finetune", f"model.init_from={out}",
-                                       "data.img_size=35", "train.steps=15", "optim.warmup_steps=3", "train.num_threads=1",
+                                       "data.img_size=48", "train.steps=15", "optim.warmup_steps=3", "train.num_threads=1",
                                        "--sweep", "none", "--out", str(ft)),
                             capture_output=True, text=True, timeout=300, env=subprocess_env())
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((ft / "summary.json").read_text())
-    assert summary["task"] == "finetune" and summary["img_size"] == 35 and summary["dataset"] == "digits"
+    assert summary["task"] == "finetune" and summary["img_size"] == 48 and summary["dataset"] == "digits"
     assert summary["metrics"]["test_accuracy"] > 0.2  # chance is 0.10
 
 
