@@ -23,8 +23,7 @@ def run(args: argparse.Namespace) -> int:
         if not fnmatch.fnmatch(name, args.pattern):
             continue
         family, fields = model_spec(name)
-        layers = fields.get("hybrid_layers")
-        patch = fields.get("patch_size", 1) * (1 if layers is None else hybrid_stride(layers))
+        patch = fields.get("patch_size", 1) * hybrid_stride(fields.get("hybrid_layers"))
         if family == "vit" and args.img_size % patch:
             continue  # this patch size does not tile the requested resolution
         try:

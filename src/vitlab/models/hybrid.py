@@ -21,7 +21,7 @@ from torch import nn
 
 from vitlab.errors import ConfigError
 from vitlab.models.resnet import StdConv2d, pad_same
-from vitlab.models.vit import check_image_shape, lecun_normal_
+from vitlab.models.vit import check_image_shape, hybrid_stride, lecun_normal_
 
 if TYPE_CHECKING:
     from vitlab.models.vit import ViTConfig
@@ -128,6 +128,7 @@ class HybridEmbed(nn.Module):
         if cfg.hybrid_layers is None:
             raise ConfigError("a hybrid embedding needs hybrid_layers (units per stage; [] for the stem alone)")
         self.in_chans, self.img_size, self.patch_size = cfg.in_chans, cfg.img_size, cfg.patch_size
+        self.stride = hybrid_stride(cfg.hybrid_layers)  # of the feature map: a power of 2
         layers = _Layers(cfg)
         self.stem = HybridStem(layers, cfg.in_chans, cfg.hybrid_width)
         in_chans, stages = cfg.hybrid_width, []
@@ -146,7 +147,7 @@ class HybridEmbed(nn.Module):
 
     def feature_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
         """Size of the ResNet feature map: every stride-2 SAME op maps ``n`` to ``ceil(n / 2)``."""
-        halvings = 2 + max(len(self.stages) - 1, 0)  # stem conv, stem pool, one per stage after the first
+        halvings = self.stride.bit_length() - 1  # stem conv, stem pool, one per stage after the first
         size = list(img_size)
         for _ in range(halvings):
             size = [math.ceil(s / 2) for s in size]

@@ -26,8 +26,11 @@ CLASSIFIERS = ("token", "gap")
 GELU_KINDS = ("tanh", "exact")
 
 
-def hybrid_stride(hybrid_layers: Sequence[int]) -> int:
-    """Stride of a hybrid's ResNet: 4 from the root (conv and max-pool), x2 for each stage after the first."""
+def hybrid_stride(hybrid_layers: Optional[Sequence[int]]) -> int:
+    """Stride of a hybrid's ResNet: 4 from the root (conv and max-pool), x2 for each stage after the first; 1 for a
+    plain ViT (``None``: the patches are cut from the pixels)."""
+    if hybrid_layers is None:
+        return 1
     return 4 * 2 ** max(len(hybrid_layers) - 1, 0)
 
 
@@ -105,7 +108,7 @@ class ViTConfig:
     @property
     def total_stem_stride(self) -> int:
         """Stride of the hybrid ResNet (1 for a plain ViT): see :func:`hybrid_stride`."""
-        return hybrid_stride(self.hybrid_layers) if self.is_hybrid else 1
+        return hybrid_stride(self.hybrid_layers)
 
     @property
     def grid_size(self) -> tuple[int, int]:
