@@ -9,6 +9,8 @@ of CPU time. Sides:
 * ``vitlab_unpruned`` the same with ``set_last_block_pruning(False)`` (training cases): every FLOP of the
                       architecture, the like-for-like kernel comparison with timm;
 * ``vitlab_tanh``    our default tanh GELU (with ``--tanh``): the official numerics, not like-for-like with timm;
+* ``vitlab_sdpa``    ``vitlab`` with every attention through SDPA (with ``--sdpa``): what the explicit product of
+                      short fp32 CPU sequences (``vitlab.models.kernels.attention``) saves;
 * ``timm``           timm's VisionTransformer (fused attention = SDPA);
 * ``hf``             Hugging Face ViTForImageClassification with SDPA (inference cases).
 
@@ -19,10 +21,12 @@ Run from the repository root::
     python benchmarks/throughput.py --only vit_s16-train-fp32 --threads 1
     python benchmarks/throughput.py --quick         # seconds: a smoke test
     python benchmarks/throughput.py --only none --engine   # the training engine against a bare loop
+    python benchmarks/throughput.py --only fmnist_tiny-train-fp32 --sdpa   # explicit attention against SDPA
 
-``--engine`` adds one more comparison: ``vitlab.train.engine.run_training`` on the Fashion-MNIST preset (synthetic
-28x28 data through the real data stream, no test evaluation, no checkpoints) against a bare loop (the same model,
-batch and fused AdamW on one fixed tensor), alternated twice; the gap is what the engine and its data loader cost.
+``--engine`` adds one more comparison: ``vitlab.train.engine.run_training`` on the races' Fashion-MNIST tiny ViT
+(synthetic 28x28 data through the real data stream, no test evaluation, no checkpoints) against a bare loop (the
+same model, batch and fused AdamW on one fixed tensor), alternated twice; the gap is what the engine and its data
+loader cost.
 
 Writes ``benchmarks/results/throughput.json``.
 """
@@ -85,29 +89,47 @@ def case_spec(case: Case, quick: bool) -> tuple[dict, int, str]:
     return spec, case.batch or batch, origin
 
 
-def sides(case: Case, spec: dict, tanh: bool) -> dict[str, torch.nn.Module]:
+def sides(case: Case, spec: dict, tanh: bool, sdpa: bool) -> dict[str, torch.nn.Module]:
     timm_model = C.build_timm(spec)
     models: dict[str, torch.nn.Module] = {"vitlab": C.build_ours(spec, like=timm_model)}
     if case.task == "train" and case.unpruned:
         models["vitlab_unpruned"] = C.build_ours(spec, like=timm_model, prune_last_block=False)
     if tanh:
         models["vitlab_tanh"] = C.build_ours(spec, gelu="tanh", like=timm_model)
+    if sdpa:
+        models["vitlab_sdpa"] = C.build_ours(spec, like=timm_model)
     models["timm"] = timm_model
     if case.task == "infer":
         models["hf"] = C.build_hf(spec)
     return models
 
 
+def through_sdpa(call: Callable[[], None]) -> Callable[[], None]:
+    """``call`` with the explicit-attention path switched off while it runs (every attention through SDPA)."""
+    from vitlab.models import kernels
+
+    def run() -> None:
+        saved, kernels.EXPLICIT_ATTENTION_MAX_KEYS = kernels.EXPLICIT_ATTENTION_MAX_KEYS, 0
+        try:
+            call()
+        finally:
+            kernels.EXPLICIT_ATTENTION_MAX_KEYS = saved
+
+    return run
+
+
 def run_case(case: Case, args: Any) -> dict[str, Any]:
     spec, batch, origin = case_spec(case, args.quick)
     torch.manual_seed(0)
-    models = sides(case, spec, args.tanh)
+    models = sides(case, spec, args.tanh, args.sdpa)
     images, labels = C.synthetic_batch(spec, batch)
     calls: dict[str, Callable[[], None]] = {
         name: (C.train_step(model, images, labels, case.dtype) if case.task == "train"
                else C.infer_step(model, images, case.dtype))
         for name, model in models.items()
     }
+    if "vitlab_sdpa" in calls:
+        calls["vitlab_sdpa"] = through_sdpa(calls["vitlab_sdpa"])
     load_before = os.getloadavg()
     started = time.perf_counter()
     if args.quick:
@@ -143,8 +165,8 @@ def engine_case(args: Any) -> dict[str, Any]:
     steps = 3 if args.quick else 30
     threads = args.threads or torch.get_num_threads()
     plain = [f"model.{key}={value}" for key, value in C.FMNIST_TINY_OVERRIDES.items()]
-    cfg = load_config("fmnist-vit-tiny", [
-        "model.name=vit_ti7", "model.hybrid_layers=null", "data.img_size=28", *plain,
+    cfg = load_config("fmnist-vit-ti4", [  # the plain 28 px Fashion-MNIST recipe, with the races' tiny ViT
+        "model.name=vit_ti7", "model.gelu=exact", *plain,
         f"train.batch_size={C.FMNIST_TINY_BATCH}", "data.dataset=synthetic", "data.options.num_samples=1024",
         "data.options.img_size=28", "data.options.channels=1", "data.test_split=null", f"train.steps={steps}",
         "train.log_every=10", "train.checkpoint_every=0", f"train.num_threads={threads}", "train.precision=fp32",
@@ -173,6 +195,7 @@ def engine_case(args: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = C.base_parser(__doc__.splitlines()[0], "throughput.json")
     parser.add_argument("--tanh", action="store_true", help="also time our default tanh-GELU model")
+    parser.add_argument("--sdpa", action="store_true", help="also time our model with every attention through SDPA")
     parser.add_argument("--engine", action="store_true", help="also time the training engine against a bare loop")
     args = parser.parse_args(argv)
     C.apply_threads(args.threads)
