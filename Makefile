@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/mfu.py
 	$(BIN)/python benchmarks/loader.py
+	$(BIN)/python benchmarks/attention.py --threads 2
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-SCRIPTS = ("_common.py", "throughput.py", "mfu.py", "gpu.py")
+SCRIPTS = ("_common.py", "throughput.py", "mfu.py", "gpu.py", "attention.py")
 
 
 @pytest.fixture
@@ -64,6 +64,34 @@ def test_throughput_quick_writes_json(bench, tmp_path) -> None:
     assert set(train["sides"]) == {"vitlab", "vitlab_unpruned", "timm"}
     assert set(infer["sides"]) == {"vitlab", "timm", "hf"}
     assert train["flops_per_image"]["executed"] < train["flops_per_image"]["architecture"]
+
+
+def test_attention_quick_writes_json(bench, tmp_path) -> None:
+    attention = bench("attention")
+    out = tmp_path / "attention.json"
+    assert attention.main(["--quick", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [case["keys"] for case in data["cases"]] == list(attention.QUICK_KEYS)
+    for case in data["cases"]:
+        assert case["ms"]["explicit"] > 0 and case["ms"]["sdpa"] > 0 and case["explicit_over_sdpa"]["median"] > 0
+
+
+def test_throughput_sdpa_side_runs_every_attention_through_sdpa(bench, monkeypatch) -> None:
+    throughput, common = bench("throughput"), bench("_common")
+    import torch.nn.functional as F
+
+    spec = dict(common.fmnist_tiny_spec()[0], **throughput.QUICK_SPEC)
+    model = common.build_ours(spec)
+    images, labels = common.synthetic_batch(spec, 2)
+    step = common.train_step(model, images, labels, "fp32")
+    calls, sdpa = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    step()
+    assert calls == []  # 17 keys on a CPU in fp32: the explicit product
+    throughput.through_sdpa(step)()
+    assert len(calls) == spec["depth"]
+    step()
+    assert len(calls) == spec["depth"]  # the switch is undone after the call
 
 
 def test_mfu_quick_writes_json(bench, tmp_path) -> None:

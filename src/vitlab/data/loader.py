@@ -333,13 +333,12 @@ def default_prefetch(source: Source, *, num_workers: int, device: torch.device) 
     """Batches to make ahead when the caller does not say: none for an in-memory set trained on a CPU in-process,
     else :data:`DEFAULT_PREFETCH`.
 
-    On a CPU the thread's kernels compete with the training step for the same cores. Measured on 2 cores
-    (Fashion-MNIST 28 -> 32 px, batch 64, the ``fmnist-vit-tiny`` hybrid's forward + backward + AdamW step):
-    1,116 images/s inline against 624 with the thread (``augment=none``), 772 vs 494 (``paper``), 878 vs 573
-    (``light2``); making one batch alone takes 1-6 ms of the step's 60-110 ms.
+    On a CPU the thread's kernels compete with the training step for the same cores. ``benchmarks/loader.py``
+    ("cpu_training": Fashion-MNIST 28 -> 32 px, batch 64, the ``fmnist-vit-tiny`` model's forward + backward +
+    AdamW, 2 cores): 1,037 images/s inline against 643 with the thread (``augment=none``), 947 vs 675 (``paper``),
+    872 vs 570 (``light2``), while making one batch inline takes 1.0, 1.0 and 5.6 ms of the 62-73 ms step.
     """
-    in_memory = bool(getattr(source, "in_memory", False)) and not getattr(source, "streaming", False)
-    if num_workers == 0 and in_memory and device.type == "cpu":
+    if num_workers == 0 and source.in_memory and device.type == "cpu":
         return 0
     return DEFAULT_PREFETCH
 
