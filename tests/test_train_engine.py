@@ -98,6 +98,41 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp
     assert not (tmp_path / "summary.json").exists()
 
 
+class _NanGradient(torch.autograd.Function):
+    """Identity forward; NaN gradient backward (a finite loss whose gradient is not)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+class _NanGradientAfter(_NanAfter):
+    def __call__(self, model, images, targets):
+        self.calls += 1
+        logits = model(images).float()
+        if self.calls >= self.n:
+            logits = _NanGradient.apply(logits)
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        return loss, {"correct": (logits.argmax(-1) == targets).sum(), "count": torch.tensor(len(targets))}
+
+
+@pytest.mark.parametrize("clip_norm", [1.0, None])
+def test_non_finite_gradient_norm_stops_the_run_with_or_without_clipping(tmp_path, clip_norm):
+    cfg = tiny_config(optim={"clip_norm": clip_norm}, train={"checkpoint_every": 5})
+    with pytest.raises(TrainingDiverged) as info:
+        run_training(cfg, tmp_path, objective=_NanGradientAfter(8))
+    message = str(info.value)
+    assert "gradient norm became nan at step 8" in message and "last good checkpoint" in message
+    assert "\n" not in message
+    loaded = CheckpointDir(tmp_path / "checkpoints").load_latest()
+    assert loaded.state["step"] == 5
+    assert all(torch.isfinite(v).all() for v in loaded.weights.values())
+
+
 def test_resume_rules(tmp_path):
     cfg = tiny_config(train={"steps": 6})
     first = run_training(cfg, tmp_path, evaluate_test=False)

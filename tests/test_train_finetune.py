@@ -84,7 +84,7 @@ def test_init_from_official_npz_and_timm_weights(tmp_path):
     import timm
 
     from vitlab.interop.official import save_npz
-    from vitlab.train.engine import load_pretrained
+    from vitlab.train.model_init import load_pretrained
 
     ours = vitlab.create_model("vit_ti4", num_classes=7, img_size=16, depth=2, width=32, mlp_dim=64, num_heads=2)
     with torch.no_grad():
