@@ -34,7 +34,7 @@ from torch import nn
 
 from vitlab.config import RunConfig
 from vitlab.data.plan import DataPlan, plan_data, total_steps
-from vitlab.errors import CheckpointError, ConfigError, VitlabError
+from vitlab.errors import ConfigError, VitlabError
 from vitlab.progress import Progress, results_table
 from vitlab.train import distributed as dist_utils
 from vitlab.train.checkpoint import CheckpointDir
@@ -44,7 +44,7 @@ from vitlab.train.model_init import build_model, default_img_size, init_in_chans
 from vitlab.train.objectives import Objective, build_objective
 from vitlab.train.optim import EMA, Schedule, build_optimizer, set_lr
 from vitlab.train.precision import resolve_precision
-from vitlab.train.resume import check_run_dir, data_position
+from vitlab.train.resume import RunCheckpoints, check_run_dir
 from vitlab.train.rundir import RunDir
 from vitlab.train.state import StopRequest, TrainState, rng_state, seed_everything, set_rng_state
 
@@ -90,9 +90,9 @@ class Trainer:
         self.precision = resolve_precision(cfg.train.precision, self.env.device)
         self.micro = cfg.micro_batch_size(self.env.world_size)
         self.accum = cfg.accumulation_steps(self.env.world_size)
+        self.checkpoints = RunCheckpoints(self.ckpt, self.env, micro_batch_size=self.micro, seed=cfg.seed)
         self.started = time.perf_counter()  # wall time counts set-up and the final evaluation too
         self.wall_before = 0.0  # wall seconds of earlier sessions of this run (restored on resume)
-        self.cpu_copy: nn.Module | None = None  # FSDP: a full copy on the CPU that rank 0 writes to files
         self.last_loss: float | None = None  # of the last log step, for the progress bar
         self.last_speed: int | None = None  # images/s over the last log window
 
@@ -143,12 +143,15 @@ class Trainer:
             if loaded.state.get("finished") and self.run_dir.summary.exists():
                 log.info("%s already finished (step %d); nothing to resume", self.run_dir.root, loaded.state["step"])
                 return json.loads(self.run_dir.summary.read_text())
-            self._load_weights(loaded, model)
+            self.checkpoints.load_weights(loaded, model)
         # FSDP shards the parameters in place, so the optimiser is built on the wrapped model's parameters.
-        self.cpu_copy = copy.deepcopy(model).cpu() if env.strategy == "fsdp" and env.distributed else None
+        self.checkpoints.keep_cpu_copy(model)
         train_model = dist_utils.wrap(model, env)
-        optimizer = build_optimizer(model, cfg.optim, fused=self.cpu_copy is None)
-        state = self._restore(loaded, model, optimizer, ema, scaler, plan) if loaded is not None else TrainState()
+        optimizer = build_optimizer(model, cfg.optim, fused=self.checkpoints.cpu_copy is None)
+        state = TrainState()
+        if loaded is not None:
+            state = self.checkpoints.restore(loaded, model, optimizer, ema, scaler, plan.train_stream)
+            self.wall_before, self.started = state.wall_seconds, time.perf_counter()
         self.run_dir.write_text("config.yaml", cfg.to_yaml())
         self.run_dir.write_bad_files(plan.bad_files)
         if loaded is not None:
@@ -294,7 +297,11 @@ class Trainer:
     def _wall(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
 
-    # ---- evaluation, checkpoints, resume --------------------------------------------------------------------
+    def _save(self, p: Parts, finished: bool = False) -> None:
+        self._check_finite(p)
+        self.checkpoints.save(p.model, p.optimizer, p.ema, p.scaler, p.plan.train_stream, p.state, finished)
+
+    # ---- evaluation --------------------------------------------------------------------
     def _evaluate(self, target: nn.Module, stream) -> dict[str, float]:
         """Accuracy and loss on an evaluation split: top-1 of the classifier, or, for masked patch prediction,
         of the corrupted patches' colour classes (with a fixed corruption seed, so steps compare alike)."""
@@ -327,73 +334,7 @@ class Trainer:
         best = p.state.best
         if best is None or dev_accuracy > best["dev_accuracy"]:
             p.state.best = {"step": p.state.step, "dev_accuracy": dev_accuracy}
-            self._save_best(target)
-
-    def _save_best(self, target: nn.Module) -> None:
-        weights = self._saveable(target)
-        if self.env.is_main:
-            self.ckpt.save_best(weights)
-
-    def _saveable(self, model: nn.Module) -> nn.Module | None:
-        """The model as a file sees it; under FSDP the shards are gathered (every rank must call this)."""
-        if self.cpu_copy is None:
-            return model
-        full = dist_utils.full_model_state(model, self.env)
-        if not self.env.is_main:
-            return None
-        self.cpu_copy.load_state_dict(full)
-        return self.cpu_copy
-
-    def _save(self, p: Parts, finished: bool = False) -> None:
-        self._check_finite(p)
-        rngs = dist_utils.gather_objects(rng_state(self.env.device), self.env)
-        weights = self._saveable(p.model)
-        optimizer_state = dist_utils.full_optimizer_state(p.model, p.optimizer, self.env)
-        if self.env.is_main:
-            self.ckpt.save(weights, {
-                **p.state.checkpoint_fields(),
-                "optimizer": optimizer_state,
-                "ema": p.ema.state_dict() if p.ema is not None else None,
-                "scaler": p.scaler.state_dict(),
-                "rng": rngs,
-                "data": p.plan.train_stream.state_dict(),
-                "examples_per_batch": self.micro * self.env.world_size,
-                "world_size": self.env.world_size,
-                "finished": finished,
-            })
-        dist_utils.barrier(self.env)
-
-    def _load_weights(self, loaded, model: nn.Module) -> None:
-        try:
-            model.load_state_dict({k: v.to(self.env.device) for k, v in loaded.weights.items()})
-        except RuntimeError as error:
-            raise CheckpointError(f"{loaded.weights_path}: does not fit this run's model ({error})") from None
-
-    def _restore(self, loaded, model, optimizer, ema, scaler, plan: DataPlan) -> TrainState:
-        saved = loaded.state
-        try:
-            dist_utils.load_optimizer_state(model, optimizer, saved["optimizer"], self.env)
-            if ema is not None:
-                if saved.get("ema") is None:
-                    raise CheckpointError(f"{loaded.weights_path}: the run had no EMA but the config asks for one")
-                ema.load_state_dict(saved["ema"])
-            scaler.load_state_dict(saved["scaler"])
-        except (RuntimeError, KeyError, ValueError) as error:
-            if isinstance(error, CheckpointError):
-                raise
-            raise CheckpointError(f"{loaded.weights_path}: does not fit this run's optimiser ({error})") from None
-        plan.train_stream.load_state_dict(data_position(saved, self.micro * self.env.world_size))
-        rngs = saved["rng"]
-        if len(rngs) == self.env.world_size:
-            set_rng_state(rngs[self.env.rank], self.env.device)
-        else:
-            log.warning("resuming on %d processes (was %d): dropout randomness is reseeded", self.env.world_size,
-                        len(rngs))
-            seed_everything(self.cfg.seed * 7919 + 1 + self.env.rank + 104729 * int(saved["step"]))
-        state = TrainState.from_checkpoint(saved)
-        self.wall_before, self.started = state.wall_seconds, time.perf_counter()
-        log.info("resumed from %s at step %d", loaded.weights_path, state.step)
-        return state
+            self.checkpoints.save_best(target)
 
     def _finish(self, p: Parts) -> dict[str, Any]:
         cfg, env, state = self.cfg, self.env, p.state
@@ -406,7 +347,7 @@ class Trainer:
             self._maybe_best(p, target, dev["accuracy"])
         else:
             state.best = {"step": state.step, "dev_accuracy": None}
-            self._save_best(target)
+            self.checkpoints.save_best(target)
         if p.plan.test_stream is not None:
             test = self._evaluate(target, p.plan.test_stream)
             metrics.update(_eval_metrics("test", test))

@@ -1,4 +1,4 @@
-"""What may change between a run and its resumption, and how a saved data position maps to this session.
+"""Resume: what may change between a run and its resumption, and what a checkpoint saves and restores.
 
 A resume must compute the same thing: every config key that changes the computation has to match the saved
 ``config.yaml``; the keys in :data:`RESUMABLE_CHANGES` (threads, logging and checkpoint intervals, workers,
@@ -7,10 +7,23 @@ when the examples consumed so far fill whole micro-batches of the new size.
 """
 from __future__ import annotations
 
+import copy
+import logging
+
+import torch
+from torch import nn
+
 from vitlab.config import RunConfig, load_config
+from vitlab.data.stream import Stream
 from vitlab.errors import CheckpointError, ConfigError
-from vitlab.train.checkpoint import CheckpointDir
+from vitlab.train import distributed as dist_utils
+from vitlab.train.checkpoint import CheckpointDir, Loaded
+from vitlab.train.distributed import DistEnv
+from vitlab.train.optim import EMA
 from vitlab.train.rundir import RunDir
+from vitlab.train.state import TrainState, rng_state, seed_everything, set_rng_state
+
+log = logging.getLogger(__name__)
 
 # Config keys that may differ between a run and its resumption (they do not change the computation).
 RESUMABLE_CHANGES = {
@@ -60,3 +73,86 @@ def data_position(saved: dict, examples_now: int) -> dict:
             )
         state["batch"] = state["batch"] * examples // examples_now
     return state
+
+
+class RunCheckpoints:
+    """Saves what an exact resume needs and restores it: weights, optimiser, EMA, loss scaler, every rank's RNG
+    state, the data position and the :class:`TrainState`. Every rank calls :meth:`save` (FSDP gathers shards);
+    rank 0 writes through :class:`vitlab.train.checkpoint.CheckpointDir`."""
+
+    def __init__(self, ckpt: CheckpointDir, env: DistEnv, *, micro_batch_size: int, seed: int) -> None:
+        self.ckpt = ckpt
+        self.env = env
+        self.examples_per_batch = micro_batch_size * env.world_size
+        self.seed = seed
+        self.cpu_copy: nn.Module | None = None  # FSDP: a full copy on the CPU that rank 0 writes to files
+
+    def keep_cpu_copy(self, model: nn.Module) -> None:
+        """Under FSDP the parameters get sharded in place: keep a full CPU copy to write files from."""
+        if self.env.strategy == "fsdp" and self.env.distributed:
+            self.cpu_copy = copy.deepcopy(model).cpu()
+
+    def saveable(self, model: nn.Module) -> nn.Module | None:
+        """The model as a file sees it; under FSDP the shards are gathered (every rank must call this)."""
+        if self.cpu_copy is None:
+            return model
+        full = dist_utils.full_model_state(model, self.env)
+        if not self.env.is_main:
+            return None
+        self.cpu_copy.load_state_dict(full)
+        return self.cpu_copy
+
+    def save_best(self, target: nn.Module) -> None:
+        weights = self.saveable(target)
+        if self.env.is_main:
+            self.ckpt.save_best(weights)
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
+             scaler: torch.amp.GradScaler, stream: Stream, state: TrainState, finished: bool = False) -> None:
+        rngs = dist_utils.gather_objects(rng_state(self.env.device), self.env)
+        weights = self.saveable(model)
+        optimizer_state = dist_utils.full_optimizer_state(model, optimizer, self.env)
+        if self.env.is_main:
+            self.ckpt.save(weights, {
+                **state.checkpoint_fields(),
+                "optimizer": optimizer_state,
+                "ema": ema.state_dict() if ema is not None else None,
+                "scaler": scaler.state_dict(),
+                "rng": rngs,
+                "data": stream.state_dict(),
+                "examples_per_batch": self.examples_per_batch,
+                "world_size": self.env.world_size,
+                "finished": finished,
+            })
+        dist_utils.barrier(self.env)
+
+    def load_weights(self, loaded: Loaded, model: nn.Module) -> None:
+        try:
+            model.load_state_dict({k: v.to(self.env.device) for k, v in loaded.weights.items()})
+        except RuntimeError as error:
+            raise CheckpointError(f"{loaded.weights_path}: does not fit this run's model ({error})") from None
+
+    def restore(self, loaded: Loaded, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
+                scaler: torch.amp.GradScaler, stream: Stream) -> TrainState:
+        saved = loaded.state
+        try:
+            dist_utils.load_optimizer_state(model, optimizer, saved["optimizer"], self.env)
+            if ema is not None:
+                if saved.get("ema") is None:
+                    raise CheckpointError(f"{loaded.weights_path}: the run had no EMA but the config asks for one")
+                ema.load_state_dict(saved["ema"])
+            scaler.load_state_dict(saved["scaler"])
+        except (RuntimeError, KeyError, ValueError) as error:
+            if isinstance(error, CheckpointError):
+                raise
+            raise CheckpointError(f"{loaded.weights_path}: does not fit this run's optimiser ({error})") from None
+        stream.load_state_dict(data_position(saved, self.examples_per_batch))
+        rngs = saved["rng"]
+        if len(rngs) == self.env.world_size:
+            set_rng_state(rngs[self.env.rank], self.env.device)
+        else:
+            log.warning("resuming on %d processes (was %d): dropout randomness is reseeded", self.env.world_size,
+                        len(rngs))
+            seed_everything(self.seed * 7919 + 1 + self.env.rank + 104729 * int(saved["step"]))
+        log.info("resumed from %s at step %d", loaded.weights_path, saved["step"])
+        return TrainState.from_checkpoint(saved)
