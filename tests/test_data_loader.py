@@ -170,3 +170,32 @@ def test_exit_with_a_worker_stream_mid_way_is_clean(tmp_path):
     )
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "terminate called" not in done.stderr, done.stderr[-2000:]
+
+
+def _folder_with_bad_test_images(root):
+    """A test split of 10 readable images (each its own grey level) and 3 whose data is cut short."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        (root / "test" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8), 20 * i + 5).save(root / "test" / f"c{i % 2}" / f"{i}.png")
+    for i in range(3):
+        path = root / "test" / f"c{i % 2}" / f"bad{i}.png"
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(path)
+        path.write_bytes(path.read_bytes()[:200])  # the header reads, the pixels do not
+    return root
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_evaluation_scores_each_readable_image_once(tmp_path, workers):
+    source = get_source("image_folder", split="test", root=_folder_with_bad_test_images(tmp_path), channels=1,
+                        on_bad_image="skip")
+    assert len(source) == 13  # the header check passes the cut files: they fail only when decoded
+    stream = build_stream(source, batch_size=4, train=False, img_size=8, num_workers=workers)
+    images = torch.cat([x for x, _ in stream])
+    levels = sorted(((images[:, 0, 0, 0] + 1) * 127.5).round().int().tolist())
+    assert levels == [20 * i + 5 for i in range(10)]  # every readable image once, no stand-ins
+    assert stream.dropped == 3 and len(source.bad_files) == 3
+    again = torch.cat([x for x, _ in stream])  # a second pass: the known bad files are left out again
+    assert torch.equal(again, images) and stream.dropped == 3

@@ -169,3 +169,25 @@ def test_skipped_images_are_listed_in_the_run_directory(tmp_path):
     assert summary["bad_files"] == 1 and summary["train_images"] == 16
     listed = (tmp_path / "run" / "bad_files.txt").read_text()
     assert "broken.jpg" in listed
+
+
+def test_unreadable_test_images_are_left_out_and_counted(tmp_path):
+    """Evaluation never lets another image stand in for a bad one: the summary scores 10 images, counts 3."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for split, good, bad in (("train", 16, 0), ("test", 10, 3)):
+        for i in range(good + bad):
+            folder = root / split / f"c{i % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+            if i >= good:
+                (folder / f"{i}.png").write_bytes((folder / f"{i}.png").read_bytes()[:200])
+    cfg = tiny_config(data={"dataset": "image_folder", "test_split": "test", "eval_batch_size": 4,
+                            "options": {"root": str(root), "on_bad_image": "skip"}},
+                      optim={"warmup_steps": 0}, train={"steps": 2, "batch_size": 4})
+    summary = run_training(cfg, tmp_path / "run")
+    assert summary["metrics"]["test_skipped_images"] == 3
+    assert summary["metrics"]["test_accuracy"] * 10 == pytest.approx(round(summary["metrics"]["test_accuracy"] * 10))

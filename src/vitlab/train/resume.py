@@ -110,6 +110,8 @@ class RunCheckpoints:
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
              scaler: torch.amp.GradScaler, stream: Stream, state: TrainState, finished: bool = False) -> None:
         rngs = dist_utils.gather_objects(rng_state(self.env.device), self.env)
+        # every rank's data position: a shard stream's readers differ by rank when shard counts do
+        data = dist_utils.gather_objects(stream.state_dict(), self.env)
         weights = self.saveable(model)
         optimizer_state = dist_utils.full_optimizer_state(model, optimizer, self.env)
         if self.env.is_main:
@@ -119,7 +121,8 @@ class RunCheckpoints:
                 "ema": ema.state_dict() if ema is not None else None,
                 "scaler": scaler.state_dict(),
                 "rng": rngs,
-                "data": stream.state_dict(),
+                "data": data[0],
+                "data_ranks": data,
                 "examples_per_batch": self.examples_per_batch,
                 "world_size": self.env.world_size,
                 "finished": finished,
@@ -146,7 +149,9 @@ class RunCheckpoints:
             if isinstance(error, CheckpointError):
                 raise
             raise CheckpointError(f"{loaded.weights_path}: does not fit this run's optimiser ({error})") from None
-        stream.load_state_dict(data_position(saved, self.examples_per_batch))
+        ranks = saved.get("data_ranks") or []
+        mine = ranks[self.env.rank] if len(ranks) == self.env.world_size else saved["data"]
+        stream.load_state_dict(data_position({**saved, "data": mine}, self.examples_per_batch))
         rngs = saved["rng"]
         if len(rngs) == self.env.world_size:
             set_rng_state(rngs[self.env.rank], self.env.device)
