@@ -39,7 +39,7 @@ from vitlab.progress import Progress, results_table
 from vitlab.train import distributed as dist_utils
 from vitlab.train.checkpoint import CheckpointDir
 from vitlab.train.evaluation import accuracy, autocast, objective_accuracy
-from vitlab.train.hooks import Every, Reading, StepMeter
+from vitlab.train.hooks import Every, Reading, StepMeter, StopHook
 from vitlab.train.model_init import build_model, default_img_size, init_in_chans
 from vitlab.train.objectives import Objective, build_objective
 from vitlab.train.optim import EMA, Schedule, build_optimizer, set_lr
@@ -176,16 +176,13 @@ class Trainer:
             self.run_dir.close()
 
     def _announce(self, p: Parts, resuming: bool) -> None:
-        cfg, env = self.cfg, self.env
-        if env.is_main:
-            n_params = sum(t.numel() for t in p.model.parameters())
-            p.progress.message(
-                f"{self.label}: {cfg.model.name or cfg.model.init_from} ({n_params / 1e6:.2f}M parameters) on "
-                f"{cfg.data.dataset} ({p.plan.train_size} images, {p.plan.num_classes} classes, "
-                f"{p.plan.img_size} px), {p.total_steps} steps of batch {cfg.train.batch_size} = {self.accum} x "
-                f"{self.micro} x {env.world_size} process(es), {self.precision.name} on {env.device}"
-                + (f", resuming at step {p.state.step}" if resuming else "")
-            )
+        cfg, env, n_params = self.cfg, self.env, sum(t.numel() for t in p.model.parameters())
+        p.progress.message(  # rank 0 only (the progress display is off elsewhere)
+            f"{self.label}: {cfg.model.name or cfg.model.init_from} ({n_params / 1e6:.2f}M parameters) on "
+            f"{cfg.data.dataset} ({p.plan.train_size} images, {p.plan.num_classes} classes, {p.plan.img_size} px), "
+            f"{p.total_steps} steps of batch {cfg.train.batch_size} = {self.accum} x {self.micro} x "
+            f"{env.world_size} process(es), {self.precision.name} on {env.device}"
+            + (f", resuming at step {p.state.step}" if resuming else ""))
 
     def _loop(self, p: Parts, stop: StopRequest) -> int | None:
         """Steps until the end or a stop request; returns the signal number when stopped by one."""
@@ -193,6 +190,7 @@ class Trainer:
         log_due = Every(t.log_every, final=True)  # the loop reads the meter at these steps (see _log)
         evaluate = Every(t.eval_every, lambda step: self._periodic_eval(p))
         checkpoint = Every(t.checkpoint_every, lambda step: self._save(p))
+        stop_now = StopHook(stop, self.env.distributed)
         batches = iter(p.plan.train_stream)
         p.train_model.train()
         try:
@@ -218,9 +216,7 @@ class Trainer:
                     self._log(p, reading, lr)
                 p.progress.update(step, loss=self.last_loss, lr=lr, img_s=self.last_speed)
                 evaluate(step, p.total_steps)
-                # One process stops at once; ranks agree on a stop at log steps (see vitlab.train.hooks).
-                stopping = reading.stop if reading is not None else (stop.signum is not None
-                                                                      and not self.env.distributed)
+                stopping = stop_now(reading)
                 if stopping and not checkpoint.due(step, p.total_steps) and step < p.total_steps:
                     self._save(p)
                 checkpoint(step, p.total_steps)

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from vitlab.train import distributed as dist_utils
+from vitlab.train.state import StopRequest
 
 WHAT = ("loss", "gradient norm")
 
@@ -106,3 +107,17 @@ class Every:
             self.action(step)
             return True
         return False
+
+
+class StopHook:
+    """Whether the run stops after this step: at once for one process; under torchrun at log steps, where the
+    ranks agree (a rank that stopped alone would leave the others waiting in a collective)."""
+
+    def __init__(self, request: StopRequest, distributed: bool) -> None:
+        self.request = request
+        self.distributed = distributed
+
+    def __call__(self, reading: Reading | None) -> bool:
+        if reading is not None:
+            return reading.stop
+        return self.request.signum is not None and not self.distributed

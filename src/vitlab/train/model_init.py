@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from vitlab.errors import CheckpointError, ConfigError
@@ -27,8 +28,6 @@ def init_in_chans(init_from: str | None) -> int | None:
         return None
     if init_from.startswith("timm:") or init_from.endswith(".npz"):
         return 3
-    from safetensors import safe_open
-
     try:
         with safe_open(str(resolve_weights(init_from)), framework="pt") as handle:
             fields = json.loads((handle.metadata() or {}).get("vitlab.config", "{}"))
