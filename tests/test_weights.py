@@ -7,7 +7,8 @@ import torch
 import vitlab
 from vitlab.errors import CheckpointError
 from vitlab.interop import official
-from vitlab.models.weights import load_for_finetune, load_weights
+from vitlab.models.weights import load_weights
+from vitlab.weights import resolve
 
 from conftest import jitter_
 
@@ -68,7 +69,7 @@ def test_load_for_finetune_new_zero_head_no_pre_logits_new_resolution(tmp_path, 
         official.save_npz(source, path)
     else:
         vitlab.save_model(source, path)
-    model = load_for_finetune(path, num_classes=10, img_size=48)
+    model = resolve(path).build(num_classes=10, img_size=48)
     assert isinstance(model.pre_logits, torch.nn.Identity)
     assert model.head.weight.shape == (10, 192) and not model.head.weight.any()
     assert model.pos_embed.weight.shape == (1, 1 + 36, 192)

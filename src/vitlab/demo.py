@@ -174,7 +174,7 @@ def run_demo(out_dir: str | os.PathLike, size_name: str = "cpu") -> dict[str, An
     import vitlab
     from vitlab.train import finetune, pretrain
     from vitlab.train.distributed import pick_device
-    from vitlab.train.evaluation import resolve_weights
+    from vitlab.weights import resolve
 
     if size_name not in SIZES:
         raise ConfigError(f"--size {size_name!r} is unknown; expected one of {', '.join(SIZES)}")
@@ -187,7 +187,7 @@ def run_demo(out_dir: str | os.PathLike, size_name: str = "cpu") -> dict[str, An
     log.info("[1/4] pre-training on Fashion-MNIST (%s) -> %s", size.pretrain, out / "pretrain")
     pre = pretrain(pre_cfg, out / "pretrain", resume=True)
     _stop_if_interrupted(pre)
-    weights = resolve_weights(out / "pretrain")
+    weights = resolve(out / "pretrain").path
 
     finetune_cfg, scratch_cfg = transfer_configs(size, weights, pre_cfg)
     log.info("[2/4] fine-tuning the pre-trained model on digits at %d px -> %s", finetune_cfg.data.img_size,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from vitlab.errors import ConfigError
+from vitlab.evaluate.suite import MODES, grouped_table, load_suite, run_suite
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.evaluate.suite import MODES, grouped_table, load_suite, run_suite
-
     suite = load_suite(args.suite)
     modes = MODES if args.mode == "both" else (args.mode,)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None

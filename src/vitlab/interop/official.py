@@ -140,7 +140,7 @@ def state_dict_from_npz(model: nn.Module, arrays: dict[str, np.ndarray], source:
     used = {row.official for row in rows}
     extra = sorted(key for key in arrays if key not in used)
     if extra:
-        hint = " (a pre-training checkpoint: use load_for_finetune to drop pre_logits/head)" if any(
+        hint = " (a pre-training checkpoint: use vitlab.weights.resolve(path).build(num_classes=K) to drop pre_logits/head)" if any(
             k.startswith(("pre_logits", "head")) for k in extra) else ""
         raise CheckpointError(f"{source} has official key(s) the model does not use: {', '.join(extra[:6])}{hint}")
     parts: dict[str, list[tuple[int, np.ndarray]]] = {}
