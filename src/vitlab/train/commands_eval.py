@@ -13,6 +13,7 @@ from pathlib import Path
 
 from vitlab.config import parse_overrides
 from vitlab.errors import ConfigError
+from vitlab.train.evaluation import evaluate_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.train.evaluation import evaluate_checkpoint
-
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size={args.batch_size}: expected a positive integer")
     options = dict(parse_overrides(args.options))
