@@ -178,3 +178,21 @@ def test_evaluate_checkpoint_takes_any_reference(tmp_path) -> None:
                for name in ("m.safetensors", "m.npz")]
     assert results[0]["num_examples"] == 64 and results[1]["checkpoint"].endswith("m.npz")
     assert results[0]["accuracy"] == pytest.approx(results[1]["accuracy"], abs=1 / 64)
+
+
+def test_commands_take_references_through_the_resolver(tmp_path, capsys) -> None:
+    """`vitlab convert` reads a run directory; a bad reference is exit status 2 with one line naming it."""
+    from vitlab.cli import main
+
+    model = tiny()
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    vitlab.save_model(model, tmp_path / "run" / "checkpoints" / "best.safetensors")
+    assert main(["convert", str(tmp_path / "run"), str(tmp_path / "out.npz")]) == 0
+    same_logits(official.load_npz_any(tmp_path / "out.npz"), model, 16)
+    capsys.readouterr()
+    for argv in (["inspect", "--checkpoint", str(tmp_path / "nowhere"), "--out", str(tmp_path / "i")],
+                 ["eval", str(tmp_path / "nowhere"), "--dataset", "digits"],
+                 ["convert", "timm:", str(tmp_path / "x.safetensors")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and ("nowhere" in err or "timm:" in err), err

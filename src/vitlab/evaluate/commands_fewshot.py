@@ -26,7 +26,7 @@ from vitlab.weights import resolve
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint",
-                       help="a .safetensors file, a run directory (its best checkpoint) or an official .npz")
+                       help="weights: .safetensors, run directory, official .npz, timm:NAME[@FILE] or hf:NAME")
     which.add_argument("--model", help="a model name, randomly initialised (the control for a pre-trained one)")
     parser.add_argument("--dataset", default="fashion_mnist", help="a vitlab data source (default fashion_mnist)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

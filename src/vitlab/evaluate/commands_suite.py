@@ -18,7 +18,7 @@ from vitlab.evaluate.suite import MODES, grouped_table, load_suite, run_suite
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", default="small", help="a packaged suite name (default: small) or a YAML file")
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", help="pre-trained weights: a .safetensors file or a run directory")
+    which.add_argument("--checkpoint", help="pre-trained weights: .safetensors, run directory, official .npz, timm:NAME[@FILE] or hf:NAME")
     which.add_argument("--model", help="a model name trained from scratch / probed at random init (the control)")
     parser.add_argument("--mode", default="both", choices=("both", "finetune", "fewshot"),
                         help="fine-tune every task, few-shot probe it, or both (default)")

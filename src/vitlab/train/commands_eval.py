@@ -1,6 +1,7 @@
 """``vitlab eval CHECKPOINT --dataset NAME [--split test] [--img-size N] [-o key=value ...] [--out DIR]``.
 
-CHECKPOINT is a ``.safetensors`` written by vitlab or a run directory (its best checkpoint). Prints top-1
+CHECKPOINT is any weights reference (:func:`vitlab.weights.resolve`: a ``.safetensors``, a run directory, an
+official ``.npz``, ``timm:NAME``, ``hf:NAME``). Prints top-1
 accuracy; with ``--out`` also writes ``DIR/eval.json``. ``-o key=value`` passes a data-source option
 (e.g. ``-o root=/data/pets``).
 """
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a .safetensors file or a run directory")
+    parser.add_argument("checkpoint", help="weights: .safetensors, run directory, official .npz, timm:NAME[@FILE] or hf:NAME")
     parser.add_argument("--dataset", required=True, help="a vitlab.data source (fashion_mnist, digits, ...)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--img-size", type=int, default=None, help="evaluate at this resolution")
