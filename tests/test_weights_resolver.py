@@ -75,7 +75,8 @@ def timm_file(tmp_path):
     timm = pytest.importorskip("timm")
     from safetensors.torch import save_file
 
-    timm_model = jitter_(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5)).eval()
+    # timm's test_vit: a registered 0.4M-parameter ViT (6 blocks of width 64 at 160 px), fast on a CPU.
+    timm_model = jitter_(timm.create_model("test_vit", pretrained=False, num_classes=5)).eval()
     path = tmp_path / "timm.safetensors"
     save_file({k: v.contiguous() for k, v in timm_model.state_dict().items()}, str(path))
     return timm_model, path
@@ -85,10 +86,10 @@ def test_timm_reference_matches_timm_and_its_conversion_is_cached_once(timm_file
     import timm
 
     timm_model, path = timm_file
-    ref = resolve(f"timm:vit_tiny_patch16_224@{path}")
-    assert (ref.kind, ref.family, ref.in_chans, ref.img_size, ref.classes) == ("timm", "vit", 3, (224, 224), 5)
+    ref = resolve(f"timm:test_vit@{path}")
+    assert (ref.kind, ref.family, ref.in_chans, ref.img_size, ref.classes) == ("timm", "vit", 3, (160, 160), 5)
     assert ref.preprocessing["interpolation"] == "bicubic" and tuple(ref.preprocessing["mean"]) == (0.5, 0.5, 0.5)
-    x = torch.randn(1, 3, 224, 224)
+    x = torch.randn(1, 3, 160, 160)
     with torch.no_grad():
         torch.testing.assert_close(ref.build().eval()(x), timm_model(x), atol=2e-5, rtol=1e-4)
     entries = sorted((cache_dir() / "timm").iterdir())
@@ -99,7 +100,7 @@ def test_timm_reference_matches_timm_and_its_conversion_is_cached_once(timm_file
         raise AssertionError("the second resolve must not build the timm model again")
 
     monkeypatch.setattr(timm, "create_model", no_timm)
-    again = resolve(f"timm:vit_tiny_patch16_224@{path}")
+    again = resolve(f"timm:test_vit@{path}")
     assert again.path == ref.path and again.config == ref.config
     assert sorted((cache_dir() / "timm").iterdir()) == entries and entries[0].stat().st_mtime_ns == stamp
     assert not [p for p in cache_dir().rglob("*") if p.name.endswith(".tmp")]  # no debris from the writes
@@ -107,13 +108,13 @@ def test_timm_reference_matches_timm_and_its_conversion_is_cached_once(timm_file
 
 def test_timm_cache_key_follows_the_weights_content(timm_file) -> None:
     timm_model, path = timm_file
-    first = resolve(f"timm:vit_tiny_patch16_224@{path}").path
+    first = resolve(f"timm:test_vit@{path}").path
     from safetensors.torch import save_file
 
     state = {k: v.contiguous() for k, v in timm_model.state_dict().items()}
     state["head.bias"] = state["head.bias"] + 1.0  # same name, other weights: another entry
     save_file(state, str(path))
-    second = resolve(f"timm:vit_tiny_patch16_224@{path}")
+    second = resolve(f"timm:test_vit@{path}")
     assert second.path != first and len(list((cache_dir() / "timm").iterdir())) == 2
     torch.testing.assert_close(second.build().head.bias, state["head.bias"])
 

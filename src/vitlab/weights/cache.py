@@ -9,6 +9,7 @@ The directory is ``$VITLAB_CACHE`` when set, else ``$XDG_CACHE_HOME/vitlab``, el
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -35,10 +36,17 @@ def content_key(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes, read in chunks (a multi-GB checkpoint never sits in memory whole)."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes; remembered per process while its size and modification time stay the same
+    (one run resolves its ``init_from`` several times, and hashing a ViT-H file takes seconds)."""
+    stat = os.stat(path)
+    return _sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open(path, "rb") as handle:  # in chunks: a multi-GB checkpoint never sits in memory whole
         for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()

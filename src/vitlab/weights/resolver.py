@@ -21,7 +21,6 @@ usually ends by calling :func:`resolve_file` on it.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import zipfile
@@ -53,7 +52,7 @@ KNOWN = "a .safetensors file, a run directory, an official .npz, timm:NAME[@FILE
 Ref = Union[str, "os.PathLike[str]"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class WeightsRef:
     """What a reference points at, known before the weights are read; :meth:`build` makes the model."""
 
