@@ -116,7 +116,7 @@ def test_npz_round_trip_rebuilds_the_architecture(tiny_npz):
     assert torch.equal(fresh(images), model(images))
 
 
-def test_load_for_finetune_from_official_npz(tiny_npz):
+def test_transfer_build_from_official_npz(tiny_npz):
     from vitlab.weights import resolve
 
     model, path = tiny_npz

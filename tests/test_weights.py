@@ -62,7 +62,7 @@ def test_corrupt_and_foreign_files_are_reported(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
-def test_load_for_finetune_new_zero_head_no_pre_logits_new_resolution(tmp_path, suffix: str) -> None:
+def test_transfer_build_new_zero_head_no_pre_logits_new_resolution(tmp_path, suffix: str) -> None:
     source = tiny(representation_size=16)
     path = tmp_path / f"pre{suffix}"
     if suffix == ".npz":
