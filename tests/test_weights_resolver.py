@@ -35,7 +35,8 @@ def test_safetensors_reports_the_spec_before_reading_tensors_and_builds_both_way
     assert isinstance(ref, WeightsRef)
     assert (ref.kind, ref.family, ref.in_chans, ref.img_size) == ("safetensors", "vit", 1, (16, 16))
     assert ref.classes == ("a", "b", "c") and ref.path == path
-    assert ref.preprocessing == {"mean": (0.5,), "std": (0.5,)}  # vitlab's [-1, 1] scaling, one channel
+    assert ref.preprocessing == {"img_size": [16, 16], "resize": "bilinear", "mean": [0.5], "std": [0.5],
+                                 "channels": 1, "in_chans": 1}  # vitlab's [-1, 1] scaling, one channel
     assert ref.config["depth"] == 2 and ref.config["width"] == 32
     same_logits(ref.build(), model, 16, in_chans=1)
     tuned = ref.build(num_classes=5, img_size=24)  # the transfer start: zero head, 6x6 grid
@@ -88,7 +89,8 @@ def test_timm_reference_matches_timm_and_its_conversion_is_cached_once(timm_file
     timm_model, path = timm_file
     ref = resolve(f"timm:test_vit@{path}")
     assert (ref.kind, ref.family, ref.in_chans, ref.img_size, ref.classes) == ("timm", "vit", 3, (160, 160), 5)
-    assert ref.preprocessing["interpolation"] == "bicubic" and tuple(ref.preprocessing["mean"]) == (0.5, 0.5, 0.5)
+    assert ref.preprocessing["resize"] == "bicubic" and ref.preprocessing["img_size"] == [160, 160]  # timm's cfg
+    assert ref.preprocessing["crop_pct"] == timm_model.pretrained_cfg["crop_pct"]
     x = torch.randn(1, 3, 160, 160)
     with torch.no_grad():
         torch.testing.assert_close(ref.build().eval()(x), timm_model(x), atol=2e-5, rtol=1e-4)
@@ -104,6 +106,14 @@ def test_timm_reference_matches_timm_and_its_conversion_is_cached_once(timm_file
     assert again.path == ref.path and again.config == ref.config
     assert sorted((cache_dir() / "timm").iterdir()) == entries and entries[0].stat().st_mtime_ns == stamp
     assert not [p for p in cache_dir().rglob("*") if p.name.endswith(".tmp")]  # no debris from the writes
+
+
+def test_timm_weights_that_do_not_fit_the_name_are_one_line(timm_file) -> None:
+    _, path = timm_file
+    with pytest.raises(CheckpointError, match=r"timm:vit_tiny_patch16_224@.*timm could not load it \(.*(Missing|size mismatch)") as error:
+        resolve(f"timm:vit_tiny_patch16_224@{path}")  # test_vit's weights under another architecture's name
+    assert "\n" not in str(error.value)
+    assert not (cache_dir() / "timm").exists() or not list((cache_dir() / "timm").iterdir())  # nothing cached
 
 
 def test_timm_cache_key_follows_the_weights_content(timm_file) -> None:

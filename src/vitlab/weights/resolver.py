@@ -42,8 +42,6 @@ from vitlab.models.weights import (CLASSES_KEY, PREPROCESSING_KEY, config_dict, 
                                    read_metadata, read_safetensors, save_model)
 from vitlab.weights.cache import cached_file, file_sha256
 
-# The official code and vitlab's data layer scale pixels to [-1, 1]: (x / 255 - 0.5) / 0.5.
-VITLAB_PREPROCESSING = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 RUN_DIR_CANDIDATES = ("checkpoints/best.safetensors", "checkpoints/last.safetensors", "best.safetensors")
 # Keys of a model that belong to pre-training only: the transfer set-up (Section 3.2) replaces or drops them.
 PRETRAINING_ONLY = ("head.", "pre_logits.", "fc.", "mpp_head.", "mask_token")
@@ -62,7 +60,7 @@ class WeightsRef:
     config: Mapping[str, Any]  # the model's full config fields: the spec that rebuilds it
     path: Path | None = None  # the local file holding the weights (None for a model converted in memory)
     classes: tuple[str, ...] | int | None = None  # class names where known, else the head's output count
-    preprocessing: Mapping[str, Any] | None = None  # mean / std (/ interpolation, crop) of the training data
+    preprocessing: Mapping[str, Any] | None = None  # img_size, resize, mean, std, channels, in_chans (+ timm crop)
     _load: Callable[[dict[str, Any]], nn.Module] = field(default=None, repr=False, compare=False)  # type: ignore
 
     @property
@@ -184,7 +182,7 @@ def _resolve_hf(ref: str, model_name: str | None) -> WeightsRef:
         with_head = any(arch.endswith("ForImageClassification") for arch in (hf_config.architectures or []))
         hf_model = (ViTForImageClassification if with_head else ViTModel).from_pretrained(source)
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"{ref}: transformers could not load it ({str(error).splitlines()[0]})") from None
+        raise CheckpointError(f"{ref}: transformers could not load it ({_detail(error)})") from None
     ours = from_hf(hf_model).eval()
     labels = getattr(hf_config, "id2label", None) or {}
     classes: tuple[str, ...] | int | None = ours.config.num_classes or None
@@ -197,7 +195,9 @@ def _resolve_hf(ref: str, model_name: str | None) -> WeightsRef:
         load_weights(model, state, source=ref)
         return model
 
-    return WeightsRef(ref, "hf", "vit", config_dict(ours), None, classes, _hf_preprocessing(source), load)
+    config = config_dict(ours)
+    return WeightsRef(ref, "hf", "vit", config, None, classes,
+                      _hf_preprocessing(source, config) or _default_preprocessing(config), load)
 
 
 PREFIX_KINDS: dict[str, str] = {"timm:": "timm", "hf:": "hf"}
@@ -239,7 +239,6 @@ def _safetensors_ref(path: Path, ref: str, kind: str) -> WeightsRef:
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{ref}: {path} holds unreadable vitlab metadata ({error})") from None
     family = meta["vitlab.family"]
-    in_chans = int(config.get("in_chans", 3))
     classes = tuple(classes_list) if classes_list else (int(config.get("num_classes", 0) or 0) or None)
 
     def load(fields: dict[str, Any]) -> nn.Module:
@@ -248,8 +247,7 @@ def _safetensors_ref(path: Path, ref: str, kind: str) -> WeightsRef:
         load_weights(model, state, source=str(path))
         return model
 
-    return WeightsRef(ref, kind, family, config, path, classes,
-                      preprocessing or _default_preprocessing(in_chans), load)
+    return WeightsRef(ref, kind, family, config, path, classes, preprocessing or _default_preprocessing(config), load)
 
 
 def _npz_ref(path: Path, ref: str, model_name: str | None, kind: str) -> WeightsRef:
@@ -273,9 +271,8 @@ def _npz_ref(path: Path, ref: str, model_name: str | None, kind: str) -> Weights
         load_weights(model, official.state_dict_from_npz(model, official.read_npz(path), str(path)), source=str(path))
         return model
 
-    in_chans = int(config.get("in_chans", 3))
     return WeightsRef(ref, kind, family, config, path, int(config.get("num_classes", 0) or 0) or None,
-                      _default_preprocessing(in_chans), load)
+                      _default_preprocessing(config), load)
 
 
 class _UnprefixedArrays(Mapping):
@@ -317,11 +314,10 @@ def _convert_timm(ref: str, name: str, file: str, out: Path) -> None:
         else:
             timm_model = timm.create_model(name, pretrained=True)
     except Exception as error:  # timm raises RuntimeError / HF hub errors when weights cannot be found or fit
-        raise CheckpointError(f"{ref}: timm could not load it ({str(error).splitlines()[0]})") from None
-    cfg = dict(getattr(timm_model, "pretrained_cfg", None) or {})
-    preprocessing = {key: cfg[key] for key in ("mean", "std", "interpolation", "crop_pct", "crop_mode") if key in cfg}
-    save_model(from_timm(timm_model), out, classes=None if file else _timm_class_names(timm_model),
-               preprocessing=preprocessing or None)
+        raise CheckpointError(f"{ref}: timm could not load it ({_detail(error)})") from None
+    ours = from_timm(timm_model)
+    preprocessing = _timm_preprocessing(dict(getattr(timm_model, "pretrained_cfg", None) or {}), ours.config.in_chans)
+    save_model(ours, out, classes=None if file else _timm_class_names(timm_model), preprocessing=preprocessing)
 
 
 def _timm_class_names(timm_model: nn.Module) -> Sequence[str] | None:
@@ -335,8 +331,8 @@ def _timm_class_names(timm_model: nn.Module) -> Sequence[str] | None:
     return list(names) if len(names) == getattr(timm_model, "num_classes", -1) else None
 
 
-def _hf_preprocessing(source: str) -> Mapping[str, Any] | None:
-    """Mean and std of a Hugging Face image processor config, when the model ships one."""
+def _hf_preprocessing(source: str, config: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A Hugging Face image processor's mean, std and size in vitlab's keys, when the model ships one."""
     from transformers import AutoImageProcessor  # imported already by _resolve_hf
 
     try:
@@ -344,11 +340,46 @@ def _hf_preprocessing(source: str) -> Mapping[str, Any] | None:
     except (OSError, ValueError):
         return None
     mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
-    return {"mean": tuple(mean), "std": tuple(std)} if mean is not None and std is not None else None
+    if mean is None or std is None:
+        return None
+    out = _default_preprocessing(config)
+    size = getattr(processor, "size", None) or {}
+    if "height" in size and "width" in size:
+        out["img_size"] = [int(size["height"]), int(size["width"])]
+    out.update(mean=[float(v) for v in mean], std=[float(v) for v in std])
+    return out
 
 
-def _default_preprocessing(in_chans: int) -> dict[str, Any]:
-    return {key: value[:1] * in_chans for key, value in VITLAB_PREPROCESSING.items()}
+def _detail(error: BaseException) -> str:
+    """One line of a library's multi-line error: torch's "Error(s) in loading state_dict for X:" header is
+    followed by the line that names the keys, which is the one worth showing."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+
+
+def _default_preprocessing(config: Mapping[str, Any]) -> dict[str, Any]:
+    """vitlab's and the official code's evaluation input: bilinear resize to the model's size, pixels to [-1, 1]
+    (mean 0.5, std 0.5). The same keys as ``vitlab.data.transforms`` evaluation uses (img_size, resize, mean,
+    std, channels, in_chans), written here because the data layer sits above this one."""
+    chans = int(config.get("in_chans", 3))
+    size = config.get("img_size", 224)
+    size = [int(size), int(size)] if isinstance(size, int) else [int(v) for v in size]
+    return {"img_size": size, "resize": "bilinear", "mean": [0.5] * chans, "std": [0.5] * chans,
+            "channels": chans, "in_chans": chans}
+
+
+def _timm_preprocessing(pretrained_cfg: Mapping[str, Any], in_chans: int) -> dict[str, Any] | None:
+    """timm's pretrained_cfg in the same keys (plus timm's crop settings, which its evaluation applies)."""
+    if "mean" not in pretrained_cfg or "std" not in pretrained_cfg:
+        return None
+    size = list(pretrained_cfg.get("input_size", (in_chans, 224, 224)))[1:]
+    out = {"img_size": [int(v) for v in size], "resize": pretrained_cfg.get("interpolation", "bilinear"),
+           "mean": [float(v) for v in pretrained_cfg["mean"]], "std": [float(v) for v in pretrained_cfg["std"]],
+           "channels": in_chans, "in_chans": in_chans}
+    out.update({key: pretrained_cfg[key] for key in ("crop_pct", "crop_mode") if key in pretrained_cfg})
+    return out
 
 
 def _transfer(pretrained: nn.Module, fields: dict[str, Any], num_classes: int, source: str) -> nn.Module:
