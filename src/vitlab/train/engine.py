@@ -36,6 +36,7 @@ from torch import nn
 
 from vitlab.config import RunConfig, load_config
 from vitlab.errors import CheckpointError, ConfigError, VitlabError
+from vitlab.models.specs import check_against_checkpoint, spec_of_model, split_structure, variant_name
 from vitlab.progress import Progress, results_table
 from vitlab.train import distributed as dist_utils
 from vitlab.train.checkpoint import CheckpointDir
@@ -277,8 +278,11 @@ class Trainer:
 
         cfg = self.cfg.model
         if cfg.init_from:
-            model = load_pretrained(cfg.init_from, name=cfg.name, num_classes=plan.num_classes,
-                                    img_size=plan.img_size, overrides=cfg.overrides)
+            # The checkpoint carries the architecture; a model.name must agree with it (never a label that lies).
+            shape, others = split_structure(cfg.overrides)
+            model = load_pretrained(cfg.init_from, name=None, num_classes=plan.num_classes,
+                                    img_size=plan.img_size, overrides=others)
+            check_against_checkpoint(cfg.name, shape, spec_of_model(model), cfg.init_from)
             in_chans = getattr(model.config, "in_chans", plan.in_chans)
             if in_chans != plan.in_chans:
                 raise ConfigError(
@@ -370,7 +374,7 @@ class Trainer:
         if env.is_main:
             n_params = sum(p.numel() for p in model.parameters())
             progress.message(
-                f"{self.label}: {cfg.model.name or cfg.model.init_from} ({n_params / 1e6:.2f}M parameters) on "
+                f"{self.label}: {model_label(cfg, spec_of_model(model))} ({n_params / 1e6:.2f}M parameters) on "
                 f"{cfg.data.dataset} ({plan.train_size} images, {plan.num_classes} classes, {plan.img_size} px), "
                 f"{total_steps} steps of batch {cfg.train.batch_size} = {self.accum} x {self.micro} x "
                 f"{env.world_size} process(es), {self.precision.name} on {env.device}"
@@ -640,9 +644,11 @@ class Trainer:
         self.run_dir.write_bad_files(bad_files)  # file sources may find broken images only while training
         images = state["step"] * cfg.train.batch_size
         state["wall_seconds"] = self._wall()
+        spec = spec_of_model(model)
         summary = {
             "task": cfg.task,
-            "model": cfg.model.name or str(cfg.model.init_from),
+            "model": model_label(cfg, spec),
+            "model_spec": spec.model_dump(mode="json"),  # the network that ran: family and every field
             "dataset": cfg.data.dataset,
             "steps": state["step"],
             "wall_seconds": round(state["wall_seconds"], 2),
@@ -672,6 +678,11 @@ class Trainer:
             rows.append(("run directory", str(self.run_dir.root)))
             progress.message(results_table(rows, title=f"{self.label} results"))
         return summary
+
+
+def model_label(cfg: RunConfig, spec: Any) -> str:
+    """The variant name a run reports: ``model.name``, else the registry name of the checkpoint's network."""
+    return cfg.model.name or variant_name(spec) or str(cfg.model.init_from)
 
 
 def load_pretrained(init_from: str, *, name: str | None, num_classes: int, img_size: int,
