@@ -215,11 +215,11 @@ class RunConfig(_Section):
     @classmethod
     def from_dict(cls, tree: Mapping[str, Any], *, origin: str = "config") -> "RunConfig":
         """A validated config from a nested mapping (what a YAML file holds)."""
-        return _build([_flatten(tree, origin)], origin).validate()
+        return _build([(origin, _flatten(tree, origin))]).validate()
 
     def override(self, overrides: Iterable[str] | Mapping[str, Any] = ()) -> "RunConfig":
         """A new, validated config with ``key=value`` strings (or a ``{key: value}`` mapping) applied."""
-        return _build([parse_overrides(overrides)], "override", start=self).validate()
+        return _build([("override", parse_overrides(overrides))], start=self).validate()
 
     # ---- reading ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -331,10 +331,13 @@ def preset_text(name: str) -> str:
 def load_config(preset_or_path: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> RunConfig:
     """A validated config from a preset name or a YAML file (after its ``base`` chain), then overrides."""
     layers = _read_layers(str(preset_or_path), seen=())
-    return _build(layers + [parse_overrides(overrides)], str(preset_or_path)).validate()
+    return _build(layers + [("override", parse_overrides(overrides))]).validate()
 
 
-def _read_layers(ref: str, seen: tuple[str, ...], relative_to: Path | None = None) -> list[list[tuple[str, Any]]]:
+Layer = tuple[str, list[tuple[str, Any]]]  # (where the pairs come from, the (key, value) pairs)
+
+
+def _read_layers(ref: str, seen: tuple[str, ...], relative_to: Path | None = None) -> list[Layer]:
     """The ``(key, value)`` pairs of a preset / file, after those of its ``base`` chain (base first)."""
     if ref in seen:
         raise ConfigError(f"config base chain loops: {' -> '.join(seen + (ref,))}")
@@ -354,7 +357,7 @@ def _read_layers(ref: str, seen: tuple[str, ...], relative_to: Path | None = Non
     if not isinstance(tree, dict):
         raise ConfigError(f"{ref}: expected a mapping of config sections, got {type(tree).__name__}")
     base = tree.pop("base", None)
-    own = [_flatten(tree, ref)]
+    own = [(ref, _flatten(tree, ref))]
     if base is None:
         return own
     parent_dir = here if here and (here / str(base)).is_file() else None
@@ -431,14 +434,14 @@ def canonical_key(key: str) -> str:
 
 
 # ---- building -----------------------------------------------------------------------------------------------
-def _build(layers: list[list[tuple[str, Any]]], origin: str, start: RunConfig | None = None) -> RunConfig:
+def _build(layers: list[Layer], start: RunConfig | None = None) -> RunConfig:
     """Apply layers of ``(key, value)`` pairs to ``start`` (or the defaults) and validate the result.
 
     In each layer a ``model.name`` comes first and clears the model fields of the layers before it.
     """
     tree = (start or RunConfig()).model_dump()
     family = None  # config.yaml records the family; it must be the one that the name and fields give
-    for pairs in layers:
+    for origin, pairs in layers:
         resolved = [(_resolve_key(key, origin), value) for key, value in pairs]
         for (section, name, _), value in resolved:
             if (section, name) == ("model", "name"):
@@ -454,7 +457,7 @@ def _build(layers: list[list[tuple[str, Any]]], origin: str, start: RunConfig | 
     cfg.model._resolve()
     spec = cfg.model.spec
     if family is not None and spec is not None and family != spec.family:
-        raise ConfigError(f"{origin}: model.family={family} but model.name={cfg.model.name} with its fields "
+        raise ConfigError(f"model.family={family} but model.name={cfg.model.name} with its fields "
                           f"is a {spec.family} model")
     return cfg
 
@@ -501,7 +504,7 @@ def _check_sweep_entry(cfg: RunConfig, key: str, values: list[Any]) -> None:
     plain = cfg.model_copy(update={"sweep": SweepSection()})
     for value in values:
         try:
-            _build([[(key, value)]], "sweep.grid", start=plain).validate(check_model=False)
+            _build([("sweep.grid", [(key, value)])], start=plain).validate(check_model=False)
         except ConfigError as error:
             raise ConfigError(f"sweep.grid.{key}: {error}".replace(": sweep.grid: ", ": ")) from None
 
