@@ -187,6 +187,8 @@ class DistributedSection(_Section):
     reduce_dtype: Literal["fp32", "bf16"] = "fp32"
     reshard_after_forward: bool = True
     cpu_offload: bool = False
+    # FSDP2: every rank writes its shards (torch.distributed.checkpoint); false: rank 0 writes the gathered state.
+    sharded_checkpoints: bool = False
 
 
 class SweepSection(_Section):
@@ -356,6 +358,7 @@ def _read_layers(ref: str, seen: tuple[str, ...], relative_to: Path | None = Non
         raise ConfigError(f"{ref}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{ref}: expected a mapping of config sections, got {type(tree).__name__}")
+    tree.pop("meta", None)  # a preset's description for `vitlab presets` (reproduces, expected_time): not config
     base = tree.pop("base", None)
     own = [(ref, _flatten(tree, ref))]
     if base is None:
