@@ -126,7 +126,6 @@ class BiTSpec(_Spec):
 
 ModelSpec = Annotated[Union[ViTSpec, HybridSpec, BiTSpec], Field(discriminator="family")]
 SPECS: dict[str, type[_Spec]] = {"vit": ViTSpec, "hybrid": HybridSpec, "bit": BiTSpec}
-_ADAPTER: TypeAdapter = TypeAdapter(ModelSpec)
 
 
 def all_field_names() -> set[str]:
@@ -211,6 +210,11 @@ def variant_name(spec: _Spec) -> str | None:
     if candidate and resolve_spec(candidate).structure() == spec.structure():
         return candidate
     return None
+
+
+def run_label(name: str | None, spec: _Spec, init_from: str | None = None) -> str:
+    """The variant name a run reports: ``model.name``, else the registry name of the network, else the reference."""
+    return name or variant_name(spec) or str(init_from)
 
 
 def check_against_checkpoint(name: str | None, fields: dict[str, Any], checkpoint: _Spec, init_from: str) -> None:

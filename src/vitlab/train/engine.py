@@ -36,7 +36,7 @@ from torch import nn
 
 from vitlab.config import RunConfig, load_config
 from vitlab.errors import CheckpointError, ConfigError, VitlabError
-from vitlab.models.specs import check_against_checkpoint, spec_of_model, split_structure, variant_name
+from vitlab.models.specs import check_against_checkpoint, run_label, spec_of_model, split_structure
 from vitlab.progress import Progress, results_table
 from vitlab.train import distributed as dist_utils
 from vitlab.train.checkpoint import CheckpointDir
@@ -373,8 +373,9 @@ class Trainer:
                             enabled=env.is_main)
         if env.is_main:
             n_params = sum(p.numel() for p in model.parameters())
+            name = run_label(cfg.model.name, spec_of_model(model), cfg.model.init_from)
             progress.message(
-                f"{self.label}: {model_label(cfg, spec_of_model(model))} ({n_params / 1e6:.2f}M parameters) on "
+                f"{self.label}: {name} ({n_params / 1e6:.2f}M parameters) on "
                 f"{cfg.data.dataset} ({plan.train_size} images, {plan.num_classes} classes, {plan.img_size} px), "
                 f"{total_steps} steps of batch {cfg.train.batch_size} = {self.accum} x {self.micro} x "
                 f"{env.world_size} process(es), {self.precision.name} on {env.device}"
@@ -647,7 +648,7 @@ class Trainer:
         spec = spec_of_model(model)
         summary = {
             "task": cfg.task,
-            "model": model_label(cfg, spec),
+            "model": run_label(cfg.model.name, spec, cfg.model.init_from),
             "model_spec": spec.model_dump(mode="json"),  # the network that ran: family and every field
             "dataset": cfg.data.dataset,
             "steps": state["step"],
@@ -678,11 +679,6 @@ class Trainer:
             rows.append(("run directory", str(self.run_dir.root)))
             progress.message(results_table(rows, title=f"{self.label} results"))
         return summary
-
-
-def model_label(cfg: RunConfig, spec: Any) -> str:
-    """The variant name a run reports: ``model.name``, else the registry name of the checkpoint's network."""
-    return cfg.model.name or variant_name(spec) or str(cfg.model.init_from)
 
 
 def load_pretrained(init_from: str, *, name: str | None, num_classes: int, img_size: int,
