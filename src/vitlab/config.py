@@ -33,12 +33,13 @@ from typing import Annotated, Any, Iterable, Literal, Mapping, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import to_jsonable_python
 
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.models.registry import DEFAULT_IMG_SIZE
 from vitlab.models.specs import (
-    DERIVED_FIELDS, SPECS, Float, Int, PositiveInt, Rate, all_field_names, build_spec, canonical, check_field, one_line,
-    resolve_spec,
+    DERIVED_FIELDS, SPECS, BaseSpec, Float, Int, PositiveInt, Rate, all_field_names, build_spec, canonical,
+    check_field, one_line, resolve_spec,
 )
 
 PRESET_PACKAGE = "vitlab.configs"
@@ -55,8 +56,8 @@ class ModelSection(_Section):
     """Which network to train: a registry variant plus the fields changed on top of it.
 
     ``spec`` is the resolved, typed network (family and every field). With ``init_from`` the checkpoint carries
-    the architecture: ``name`` may be null (taken from the checkpoint) or must agree with it, and ``overrides``
-    may change only what fine-tuning may change (dropout, drop_path, numerics), not the parameter shapes.
+    the architecture: ``name`` may be null (taken from the checkpoint); a name or a shape field (depth, width ...)
+    must agree with the checkpoint (checked when it is read); other fields (dropout, drop_path ...) apply to it.
     """
 
     name: Optional[str] = "vit_ti16"  # registry name (vit_b16, bit_r50x1, r50_vit_b16, ViT-B/16, ...)
@@ -76,14 +77,17 @@ class ModelSection(_Section):
         return data
 
     @property
-    def spec(self):
+    def spec(self) -> Optional[BaseSpec]:
         """The resolved spec (:mod:`vitlab.models.specs`); None with ``init_from`` (the checkpoint has it)."""
         return resolve_spec(self.name, self.overrides) if self.name and not self.init_from else None
 
     def _resolve(self) -> None:
         """Canonical name, typed fields, and overrides reduced to what differs from the variant."""
         if self.name is not None:
-            self.name = canonical(self.name)
+            try:
+                self.name = canonical(self.name)
+            except ConfigError as error:
+                raise ConfigError(f"model.name: {error}") from None
         for key in self.overrides:
             if key in DERIVED_FIELDS:
                 raise ConfigError(f"model.{key} is set by the run; use {_DERIVED_FROM[key]} instead")
@@ -97,7 +101,7 @@ class ModelSection(_Section):
         if self.name is None:
             return
         spec, base = resolve_spec(self.name, self.overrides), resolve_spec(self.name)
-        defaults = {k: f.default for k, f in type(spec).model_fields.items() if not f.is_required()}
+        defaults = {k: to_jsonable_python(f.default) for k, f in type(spec).model_fields.items() if not f.is_required()}
         defaults.update(base.model_dump(mode="json"))  # a hybrid made from a ViT name: its own defaults otherwise
         self.overrides = {k: v for k, v in spec.model_dump(mode="json", exclude={"family"}).items()
                           if k not in defaults or v != defaults[k]}

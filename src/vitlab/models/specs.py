@@ -50,7 +50,9 @@ PositiveInt = Annotated[Int, Field(gt=0)]
 Rate = Annotated[Float, Field(ge=0.0, lt=1.0)]
 
 
-class _Spec(BaseModel):
+class BaseSpec(BaseModel):
+    """What every family's spec shares: frozen, unknown fields refused, its shape fields and its builder."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Fields that fix parameter shapes: a name must agree with a checkpoint on these.
@@ -66,7 +68,7 @@ class _Spec(BaseModel):
         return {name: getattr(self, name) for name in self.STRUCTURE}
 
 
-class ViTSpec(_Spec):
+class ViTSpec(BaseSpec):
     """A plain ViT (Section 3.1): patches cut from the pixels. Table 1's sizes are in the registry."""
 
     STRUCTURE: ClassVar[tuple[str, ...]] = ("patch_size", "width", "depth", "mlp_dim", "num_heads", "classifier",
@@ -109,7 +111,7 @@ class HybridSpec(ViTSpec):
     ws_style: Literal[tuple(NUMERICS)] = "official"  # type: ignore[valid-type]
 
 
-class BiTSpec(_Spec):
+class BiTSpec(BaseSpec):
     """A BiT ResNet-v2 (Kolesnikov et al. 2020), the paper's CNN baseline."""
 
     STRUCTURE: ClassVar[tuple[str, ...]] = ("layers", "width_factor", "stem_width")
@@ -125,7 +127,7 @@ class BiTSpec(_Spec):
 
 
 ModelSpec = Annotated[Union[ViTSpec, HybridSpec, BiTSpec], Field(discriminator="family")]
-SPECS: dict[str, type[_Spec]] = {"vit": ViTSpec, "hybrid": HybridSpec, "bit": BiTSpec}
+SPECS: dict[str, type[BaseSpec]] = {"vit": ViTSpec, "hybrid": HybridSpec, "bit": BiTSpec}
 
 
 def all_field_names() -> set[str]:
@@ -140,7 +142,7 @@ def family_of(build_family: str, fields: dict[str, Any]) -> str:
     return build_family
 
 
-def spec_from_fields(family: str, fields: dict[str, Any], where: str = "model") -> _Spec:
+def spec_from_fields(family: str, fields: dict[str, Any], where: str = "model") -> BaseSpec:
     """A validated spec of ``family`` (vit, hybrid, bit); a bad field is a one-line ConfigError naming it."""
     cls = SPECS[family]
     data = {k: v for k, v in fields.items() if k not in DERIVED_FIELDS and k != "family"}
@@ -158,7 +160,7 @@ def spec_from_fields(family: str, fields: dict[str, Any], where: str = "model") 
         raise ConfigError(one_line(error, prefix=where)) from None
 
 
-def check_field(cls: type[_Spec], key: str, value: Any) -> Any:
+def check_field(cls: type[BaseSpec], key: str, value: Any) -> Any:
     """One field of a spec class, typed and range-checked on its own (``model.drop_path=0.1`` for a checkpoint)."""
     info = cls.model_fields[key]
     try:
@@ -173,14 +175,14 @@ def split_structure(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return ({k: v for k, v in fields.items() if k in shaping}, {k: v for k, v in fields.items() if k not in shaping})
 
 
-def resolve_spec(name: str, overrides: dict[str, Any] | None = None) -> _Spec:
+def resolve_spec(name: str, overrides: dict[str, Any] | None = None) -> BaseSpec:
     """The registry variant ``name`` with ``overrides`` applied: ``resolve_spec("vit_b4", {"depth": 6})``."""
     build_family, fields = model_spec(name)
     fields = {**fields, **(overrides or {})}
     return spec_from_fields(family_of(build_family, fields), fields)
 
 
-def spec_of_model(model: nn.Module) -> _Spec:
+def spec_of_model(model: nn.Module) -> BaseSpec:
     """The spec of a built model (from its config), e.g. a checkpoint's."""
     fields = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(vars(model.config))
     build_family = getattr(model, "family")
@@ -189,13 +191,13 @@ def spec_of_model(model: nn.Module) -> _Spec:
     return spec_from_fields(family_of(build_family, fields), fields)
 
 
-def build_spec(spec: _Spec, *, num_classes: int, img_size: int | tuple[int, int], in_chans: int = 3) -> nn.Module:
+def build_spec(spec: BaseSpec, *, num_classes: int, img_size: int | tuple[int, int], in_chans: int = 3) -> nn.Module:
     """The model a spec describes, for the data's classes, resolution and channels."""
     return build_from_config(spec.BUILD_FAMILY, {**spec.fields(), "num_classes": num_classes,
                                                    "img_size": img_size, "in_chans": in_chans})
 
 
-def variant_name(spec: _Spec) -> str | None:
+def variant_name(spec: BaseSpec) -> str | None:
     """The registry name whose structure ``spec`` has (``vit_b16``, ``r50_vit_b16``, ``bit_r50x1``), else None."""
     if isinstance(spec, BiTSpec):
         depth = next((d for d, units in BIT_DEPTHS.items() if units == spec.layers), None)
@@ -212,12 +214,12 @@ def variant_name(spec: _Spec) -> str | None:
     return None
 
 
-def run_label(name: str | None, spec: _Spec, init_from: str | None = None) -> str:
+def run_label(name: str | None, spec: BaseSpec, init_from: str | None = None) -> str:
     """The variant name a run reports: ``model.name``, else the registry name of the network, else the reference."""
     return name or variant_name(spec) or str(init_from)
 
 
-def check_against_checkpoint(name: str | None, fields: dict[str, Any], checkpoint: _Spec, init_from: str) -> None:
+def check_against_checkpoint(name: str | None, fields: dict[str, Any], checkpoint: BaseSpec, init_from: str) -> None:
     """With ``model.init_from``, a ``model.name`` and shape fields must describe the checkpoint's network."""
     expected = resolve_spec(name, fields) if name else None
     if expected is not None and expected.family != checkpoint.family:
