@@ -36,6 +36,7 @@ from torch import nn
 
 from vitlab.config import RunConfig, load_config
 from vitlab.errors import CheckpointError, ConfigError, VitlabError
+from vitlab.models.specs import check_against_checkpoint, run_label, spec_of_model, split_structure
 from vitlab.progress import Progress, results_table
 from vitlab.train import distributed as dist_utils
 from vitlab.train.checkpoint import CheckpointDir
@@ -263,8 +264,11 @@ class Trainer:
 
         cfg = self.cfg.model
         if cfg.init_from:
-            model = resolve(cfg.init_from, model_name=cfg.name).build(  # Section 3.2's transfer start
-                num_classes=plan.num_classes, img_size=plan.img_size, **cfg.overrides)
+            # The checkpoint carries the architecture; a model.name must agree with it (never a label that lies).
+            shape, others = split_structure(cfg.overrides)
+            model = resolve(cfg.init_from).build(  # Section 3.2's transfer start
+                num_classes=plan.num_classes, img_size=plan.img_size, **others)
+            check_against_checkpoint(cfg.name, shape, spec_of_model(model), cfg.init_from)
             in_chans = getattr(model.config, "in_chans", plan.in_chans)
             if in_chans != plan.in_chans:
                 raise ConfigError(
@@ -355,8 +359,9 @@ class Trainer:
                             enabled=env.is_main)
         if env.is_main:
             n_params = sum(p.numel() for p in model.parameters())
+            name = run_label(cfg.model.name, spec_of_model(model), cfg.model.init_from)
             progress.message(
-                f"{self.label}: {cfg.model.name or cfg.model.init_from} ({n_params / 1e6:.2f}M parameters) on "
+                f"{self.label}: {name} ({n_params / 1e6:.2f}M parameters) on "
                 f"{cfg.data.dataset} ({plan.train_size} images, {plan.num_classes} classes, {plan.img_size} px), "
                 f"{total_steps} steps of batch {cfg.train.batch_size} = {self.accum} x {self.micro} x "
                 f"{env.world_size} process(es), {self.precision.name} on {env.device}"
@@ -626,9 +631,11 @@ class Trainer:
         self.run_dir.write_bad_files(bad_files)  # file sources may find broken images only while training
         images = state["step"] * cfg.train.batch_size
         state["wall_seconds"] = self._wall()
+        spec = spec_of_model(model)
         summary = {
             "task": cfg.task,
-            "model": cfg.model.name or str(cfg.model.init_from),
+            "model": run_label(cfg.model.name, spec, cfg.model.init_from),
+            "model_spec": spec.model_dump(mode="json"),  # the network that ran: family and every field
             "dataset": cfg.data.dataset,
             "steps": state["step"],
             "wall_seconds": round(state["wall_seconds"], 2),
