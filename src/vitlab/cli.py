@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shards": ("vitlab.data.commands_shards", "write a source (e.g. an image folder) as tar shards for streaming"),
     "study": ("vitlab.studies.commands", "the data-size (Figure 4) and scaling (Figure 5) studies"),
     "inspect": ("vitlab.inspect.commands", "attention rollout, attention distance, position similarity, filters"),
-    "convert": ("vitlab.interop.commands", "convert weights between vitlab, official .npz, timm and Hugging Face"),
+    "convert": ("vitlab.weights.commands_convert", "convert weights between vitlab, official .npz, timm and Hugging Face"),
 }
 
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import replace
 
 from vitlab.data.cli_options import parse_options as _parse_opts
 from vitlab.data.cli_options import source_spec as _spec
+from vitlab.data.dedup import DedupConfig, find_near_duplicates, write_report
+from vitlab.data.registry import get_source
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from vitlab.data.dedup import DedupConfig, find_near_duplicates, write_report
-    from vitlab.data.sources import get_source
-
     config = DedupConfig()
     overrides = {k: v for k, v in (("max_hamming", args.max_hamming), ("min_correlation", args.min_correlation),
                                    ("max_shift", args.max_shift)) if v is not None}

@@ -13,7 +13,7 @@ import argparse
 
 from vitlab.data.cli_options import parse_options, source_spec
 from vitlab.data.shard_writer import write_shards
-from vitlab.data.sources import get_source
+from vitlab.data.registry import get_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

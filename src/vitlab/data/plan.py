@@ -16,7 +16,7 @@ import numpy as np
 
 from vitlab.data.dedup import load_exclusions
 from vitlab.data.loader import build_stream
-from vitlab.data.sources import get_source
+from vitlab.data.registry import get_source
 from vitlab.data.splits import dev_split
 from vitlab.data.stream import Stream
 from vitlab.errors import ConfigError

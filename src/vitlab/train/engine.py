@@ -35,6 +35,7 @@ from torch import nn
 from vitlab.config import RunConfig
 from vitlab.data.plan import DataPlan, plan_data, total_steps
 from vitlab.errors import ConfigError, VitlabError
+from vitlab.models.specs import run_label, spec_of_model
 from vitlab.progress import Progress, results_table
 from vitlab.train import distributed as dist_utils
 from vitlab.train.checkpoint import CheckpointDir
@@ -126,7 +127,7 @@ class Trainer:
         seed_everything(cfg.seed)  # identical on every rank: same initial weights
         plan = plan_data(cfg.data, seed=cfg.seed, batch_size=cfg.train.batch_size, micro_batch_size=self.micro,
                          rank=env.rank, world_size=env.world_size, device=str(env.device),
-                         evaluate_test=self.evaluate_test, in_chans=lambda: init_in_chans(cfg.model.init_from),
+                         evaluate_test=self.evaluate_test, in_chans=lambda: init_in_chans(cfg.model),
                          img_size=lambda: default_img_size(cfg.model))
         steps = total_steps(cfg.train.steps, cfg.train.epochs, train_size=plan.train_size,
                             batch_size=cfg.train.batch_size)
@@ -177,8 +178,9 @@ class Trainer:
 
     def _announce(self, p: Parts, resuming: bool) -> None:
         cfg, env, n_params = self.cfg, self.env, sum(t.numel() for t in p.model.parameters())
+        name = run_label(cfg.model.name, spec_of_model(p.model), cfg.model.init_from)
         p.progress.message(  # rank 0 only (the progress display is off elsewhere)
-            f"{self.label}: {cfg.model.name or cfg.model.init_from} ({n_params / 1e6:.2f}M parameters) on "
+            f"{self.label}: {name} ({n_params / 1e6:.2f}M parameters) on "
             f"{cfg.data.dataset} ({p.plan.train_size} images, {p.plan.num_classes} classes, {p.plan.img_size} px), "
             f"{p.total_steps} steps of batch {cfg.train.batch_size} = {self.accum} x {self.micro} x "
             f"{env.world_size} process(es), {self.precision.name} on {env.device}"
@@ -351,9 +353,11 @@ class Trainer:
         bad_files = list(getattr(p.plan.train_stream, "bad_files", None) or p.plan.bad_files)
         self.run_dir.write_bad_files(bad_files)  # file sources may find broken images only while training
         state.wall_seconds = self._wall()
+        spec = spec_of_model(p.model)
         summary = {
             "task": cfg.task,
-            "model": cfg.model.name or str(cfg.model.init_from),
+            "model": run_label(cfg.model.name, spec, cfg.model.init_from),
+            "model_spec": spec.model_dump(mode="json"),  # the network that ran: family and every field
             "dataset": cfg.data.dataset,
             "steps": state.step,
             "wall_seconds": round(state.wall_seconds, 2),
