@@ -20,6 +20,40 @@ from vitlab.errors import CheckpointError
 
 FORMAT_KEY = "vitlab.format"
 FORMAT_VERSION = "1"
+# What inference needs besides the weights, kept in the metadata so that prediction needs no config. Files
+# written before these keys existed simply lack them; readers fall back to the model's config.
+CLASSES_KEY = "vitlab.classes"  # JSON list of class names, index = logit
+PREPROCESSING_KEY = "vitlab.preprocessing"  # JSON object, see vitlab.data.transforms.eval_preprocessing
+INFERENCE_ATTR = "inference_meta"  # the model attribute that carries {"classes": [...], "preprocessing": {...}}
+
+
+def inference_meta(model: nn.Module) -> dict[str, Any]:
+    """``{"classes": [...], "preprocessing": {...}}`` attached to ``model`` (empty when none is)."""
+    return dict(getattr(model, INFERENCE_ATTR, None) or {})
+
+
+def set_inference_meta(model: nn.Module, *, classes: list[str] | None = None,
+                       preprocessing: dict[str, Any] | None = None) -> nn.Module:
+    """Attach class names and preprocessing to ``model``; :func:`save_model` writes them into the file."""
+    meta = inference_meta(model)
+    if classes is not None:
+        meta["classes"] = [str(c) for c in classes]
+    if preprocessing is not None:
+        meta["preprocessing"] = dict(preprocessing)
+    setattr(model, INFERENCE_ATTR, meta)
+    return model
+
+
+def read_inference_meta(metadata: Mapping[str, str], source: str = "checkpoint") -> dict[str, Any]:
+    """The inference metadata of a safetensors header (keys absent in older files are left out)."""
+    meta: dict[str, Any] = {}
+    for key, name in ((CLASSES_KEY, "classes"), (PREPROCESSING_KEY, "preprocessing")):
+        if key in metadata:
+            try:
+                meta[name] = json.loads(metadata[key])
+            except ValueError as error:
+                raise CheckpointError(f"{source}: metadata {key} is not valid JSON ({error})") from None
+    return meta
 
 
 def model_family(model: nn.Module) -> str:
@@ -49,8 +83,10 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
             os.unlink(tmp)
 
 
-def save_model(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write the weights and the config that rebuilds the model (atomically)."""
+def save_model(model: nn.Module, path: str | os.PathLike, *, classes: list[str] | None = None,
+               preprocessing: dict[str, Any] | None = None) -> None:
+    """Write the weights, the config that rebuilds the model and, when known, the class names and preprocessing
+    (arguments, else what :func:`set_inference_meta` attached to the model), atomically."""
     from safetensors.torch import save_file
 
     metadata = {
@@ -58,6 +94,13 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> None:
         "vitlab.family": model_family(model),
         "vitlab.config": json.dumps(config_dict(model)),
     }
+    meta = inference_meta(model)
+    classes = meta.get("classes") if classes is None else classes
+    preprocessing = meta.get("preprocessing") if preprocessing is None else preprocessing
+    if classes is not None:
+        metadata[CLASSES_KEY] = json.dumps([str(c) for c in classes])
+    if preprocessing is not None:
+        metadata[PREPROCESSING_KEY] = json.dumps(preprocessing)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
@@ -89,6 +132,9 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     fields.update(overrides)
     model = build_from_config(metadata["vitlab.family"], fields)
     load_weights(model, state, source=str(path))
+    meta = read_inference_meta(metadata, str(path))
+    if meta:
+        setattr(model, INFERENCE_ATTR, meta)
     return model
 
 

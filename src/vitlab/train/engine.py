@@ -35,7 +35,9 @@ import torch
 from torch import nn
 
 from vitlab.config import RunConfig, load_config
+from vitlab.data.transforms import eval_preprocessing
 from vitlab.errors import CheckpointError, ConfigError, VitlabError
+from vitlab.models.weights import set_inference_meta
 from vitlab.progress import Progress, results_table
 from vitlab.train import distributed as dist_utils
 from vitlab.train.checkpoint import CheckpointDir
@@ -240,6 +242,7 @@ class Trainer:
             test_stream = build_stream(test_source, batch_size=data.eval_batch_size, train=False,
                                        img_size=img_size, in_chans=in_chans, device=str(self.env.device))
         bad = list(getattr(source, "bad_files", []) or [])
+        self._classes, self._channels = list(source.classes), int(source.channels)  # carried by checkpoints
         return DataPlan(train_stream, dev_stream, test_stream, num_classes, in_chans, img_size, train_size, bad)
 
     def _init_in_chans(self) -> int | None:
@@ -295,6 +298,9 @@ class Trainer:
                 num_classes = 0  # no classifier to train: every parameter takes part (DDP needs that)
             model = create_model(cfg.name, num_classes=num_classes, img_size=plan.img_size,
                                  in_chans=plan.in_chans, **overrides)
+        if self.cfg.train.objective != "mpp":  # what `vitlab predict` needs: names and preprocessing, no config
+            set_inference_meta(model, classes=self._classes,
+                               preprocessing=eval_preprocessing(plan.img_size, plan.in_chans, self._channels))
         return model.to(self.env.device)
 
     def _total_steps(self, plan: DataPlan) -> int:
