@@ -15,7 +15,17 @@ __version__ = "0.1.0"
 
 from vitlab.models.registry import list_models  # noqa: E402
 from vitlab.models.weights import load_model, save_model  # noqa: E402
-from vitlab.predict import Predictor  # noqa: E402
 from vitlab.weights.pretrained import create_model  # noqa: E402  (the registry's, plus pretrained=)
+
+
+
+def __getattr__(name: str):
+    """``vitlab.Predictor`` without importing prediction (and training) code on ``import vitlab``."""
+    if name == "Predictor":
+        from vitlab.predict import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'vitlab' has no attribute {name!r}")
+
 
 __all__ = ["Predictor", "create_model", "list_models", "load_model", "save_model", "__version__"]

@@ -45,6 +45,8 @@ from vitlab.train.evaluation import accuracy, autocast, objective_accuracy, reso
 from vitlab.train.objectives import Objective, build_objective
 from vitlab.train.optim import EMA, Schedule, build_optimizer, set_lr
 from vitlab.train.rundir import RunDir
+from vitlab.weights import catalog
+from vitlab.weights.pretrained import PRETRAINED_PREFIX, fetch_reference, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +252,7 @@ class Trainer:
         init_from = self.cfg.model.init_from
         if not init_from:
             return None
-        if init_from.startswith("timm:") or init_from.endswith(".npz"):
+        if init_from.startswith(("timm:", PRETRAINED_PREFIX)) or init_from.endswith(".npz"):
             return 3
         from safetensors import safe_open
 
@@ -264,6 +266,8 @@ class Trainer:
     def _model_default_img_size(self) -> int:
         from vitlab.models.registry import create_model
 
+        if self.cfg.model.init_from and self.cfg.model.init_from.startswith(PRETRAINED_PREFIX):
+            return catalog.lookup(self.cfg.model.init_from[len(PRETRAINED_PREFIX):]).resolution
         if self.cfg.model.init_from and self.cfg.model.name is None:
             import vitlab
 
@@ -684,11 +688,17 @@ def load_pretrained(init_from: str, *, name: str | None, num_classes: int, img_s
                     overrides: dict[str, Any]) -> nn.Module:
     """The fine-tuning start (Section 3.2): pre-trained backbone, no pre-logits, zero-init head, new resolution.
 
-    ``init_from``: our ``.safetensors`` (or a run directory), an official ``.npz``, or ``timm:NAME[@FILE]`` for
-    a timm model (``FILE``: local timm weights; otherwise timm's own cache / download).
+    ``init_from``: our ``.safetensors`` (or a run directory), an official ``.npz``, ``timm:NAME[@FILE]`` for
+    a timm model (``FILE``: local timm weights; otherwise timm's own cache / download), ``pretrained:MODEL.TAG``
+    (the published checkpoints, ``vitlab weights``) or an ``http(s)://`` / ``file://`` URL (downloaded once).
     """
     from vitlab.models.weights import load_for_finetune
 
+    if is_remote(init_from):
+        path, entry = fetch_reference(init_from)
+        name = name or (entry.model if entry is not None else None)
+        return load_for_finetune(path, num_classes=num_classes, img_size=img_size,
+                                 model=name if path.suffix == ".npz" else None, **overrides)
     if init_from.startswith("timm:"):
         path = _timm_to_safetensors(init_from[len("timm:"):])
         return load_for_finetune(path, num_classes=num_classes, img_size=img_size, **overrides)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -115,14 +116,19 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, opene
                            enabled=progress and total is not None)
             done_bytes = have
             with open(part, "ab" if have else "wb") as out:
-                for chunk in iter(lambda: response.read(CHUNK), b""):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    done_bytes += len(chunk)
-                    bar.update(done_bytes, MB=round(done_bytes / 1e6, 1))
-                out.flush()
-                os.fsync(out.fileno())
-            bar.close()
+                try:
+                    while chunk := response.read(CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        done_bytes += len(chunk)
+                        bar.update(done_bytes, MB=round(done_bytes / 1e6, 1))
+                except http.client.IncompleteRead as error:  # the connection dropped: keep what came
+                    out.write(error.partial)
+                    done_bytes += len(error.partial)
+                finally:
+                    out.flush()
+                    os.fsync(out.fileno())
+                    bar.close()
         if total is not None and done_bytes != total:
             raise OfflineError(f"{url}: connection closed after {done_bytes} of {total} bytes; run again to resume")
         actual = digest.hexdigest()

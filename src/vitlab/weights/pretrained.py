@@ -44,9 +44,10 @@ def fetch_reference(ref: str | os.PathLike) -> tuple[Path, catalog.Checkpoint | 
     return download_weights(url, sha256=entry.sha256 if entry else None).path, entry
 
 
-def _load_file(path: Path, name: str | None) -> nn.Module:
+def _load_file(path: Path) -> nn.Module:
+    """The model a weights file describes (an official file's architecture is read off its keys and shapes)."""
     if path.suffix == ".npz":
-        return load_npz_any(path, model_name=name)
+        return load_npz_any(path)
     if path.suffix == ".safetensors":
         return load_model(path)
     raise CheckpointError(f"{path}: expected an official .npz or a vitlab .safetensors weights file")
@@ -68,7 +69,8 @@ def create_model(name: str, *, pretrained: str | bool | None = None, num_classes
     ``pretrained`` is a catalogue tag (``"augreg_i21k"``; ``True`` picks the model's default pre-training), a
     ``pretrained:MODEL.TAG`` reference, an ``http(s)://`` / ``file://`` URL or a local path. With ``num_classes``
     other than the file's, the backbone is loaded and a new zero-initialised head added (the paper's transfer
-    set-up); ``img_size`` interpolates the position embeddings.
+    set-up); ``img_size`` interpolates the position embeddings. The architecture is the file's (``name`` picks
+    the catalogue entry), so a file of another depth or width still loads as what it is.
     """
     if pretrained is None or pretrained is False:
         return _build_named(name, num_classes=num_classes, img_size=img_size, in_chans=in_chans, **overrides)
@@ -80,11 +82,10 @@ def create_model(name: str, *, pretrained: str | bool | None = None, num_classes
     path, _ = fetch_reference(ref)
     if in_chans != 3 and path.suffix == ".npz":
         raise CheckpointError(f"{ref}: official checkpoints take 3-channel images, not in_chans={in_chans}")
-    source = _load_file(path, name)
+    source = _load_file(path)
     file_classes = getattr(source.config, "num_classes", None)
     if num_classes is not None and num_classes != file_classes:
-        model = load_for_finetune(path, num_classes=num_classes, img_size=img_size,
-                                  model=name if path.suffix == ".npz" else None, **overrides)
+        model = load_for_finetune(path, num_classes=num_classes, img_size=img_size, **overrides)
         meta = inference_meta(source)
         if meta.get("preprocessing"):
             set_inference_meta(model, preprocessing=dict(meta["preprocessing"]))
