@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from vitlab.models.weights import CLASSES_KEY, PREPROCESSING_KEY, atomic_write, 
 
 log = logging.getLogger(__name__)
 
+EXPORTERS = ("auto", "torchscript", "dynamo")
+OPSET = 18  # the tracing exporter's opset: LayerNorm and GroupNorm as single ops where onnxruntime has them
 CHECK_BATCHES = (1, 7)  # two batch sizes run through the one exported file
 DEFAULT_TOLERANCE = 1e-3  # max abs logit difference above which the export is refused (fp32 parity is ~1e-6)
 
@@ -46,9 +49,16 @@ def _input_size(model: nn.Module) -> tuple[int, int, int]:
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, preprocessing: dict[str, Any] | None = None,
-                classes: list[str] | None = None, check: bool = True,
+                classes: list[str] | None = None, check: bool = True, exporter: str = "auto",
                 tolerance: float = DEFAULT_TOLERANCE, seed: int = 0) -> ExportReport:
-    """Write ``model`` as ONNX to ``path`` (atomically) and compare onnxruntime's logits with PyTorch's."""
+    """Write ``model`` as ONNX to ``path`` (atomically) and compare onnxruntime's logits with PyTorch's.
+
+    ``exporter``: ``"torchscript"`` (torch's tracing exporter: seconds for a ViT-B), ``"dynamo"`` (``torch.export``
+    + onnxscript: several times slower on CPU, the one torch keeps long-term) or ``"auto"`` (tracing while torch
+    still ships it, else dynamo). Both give the same graph semantics; parity is checked either way.
+    """
+    if exporter not in EXPORTERS:
+        raise CheckpointError(f"exporter={exporter!r}; expected one of {', '.join(EXPORTERS)}")
     try:
         import onnx
     except ImportError as error:
@@ -56,17 +66,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, preprocessing: dic
     model = model.eval().cpu().float()
     chans, h, w = _input_size(model)
     example = torch.randn(2, chans, h, w, generator=torch.Generator().manual_seed(seed))
-    batch = torch.export.Dim("batch", min=1, max=65536)
     with tempfile.TemporaryDirectory(prefix="vitlab-onnx-") as tmp:
         raw = Path(tmp) / "model.onnx"
-        try:
-            program = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"],
-                                        output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
-            program.save(str(raw))
-        except Exception as error:  # exporter failures are many types; name the model and the first line
-            raise CheckpointError(f"ONNX export of {type(model).__name__} failed: "
-                                  f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
-                                  ) from None
+        _export(model, example, raw, exporter)
         proto = onnx.load(str(raw))
     meta = inference_meta(model)
     classes = meta.get("classes") if classes is None else classes
@@ -89,6 +91,29 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, preprocessing: dic
         raise CheckpointError(f"ONNX export of {type(model).__name__}: onnxruntime's logits differ from PyTorch's "
                               f"by {diff:.2e} (tolerance {tolerance:.0e}); file not written")
     return ExportReport(Path(path), diff, CHECK_BATCHES if check else (), opset)
+
+
+def _export(model: nn.Module, example: torch.Tensor, out: Path, exporter: str) -> None:
+    """Run one of torch's exporters with a dynamic batch axis; any failure is one CheckpointError line."""
+    names = dict(input_names=["images"], output_names=["logits"])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings on shape checks, the tracing exporter's deprecation
+            if exporter in ("auto", "torchscript"):
+                try:
+                    torch.onnx.export(model, (example,), str(out), dynamo=False, opset_version=OPSET,
+                                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, **names)
+                    return
+                except (TypeError, NotImplementedError, RuntimeError):
+                    if exporter == "torchscript":
+                        raise
+                    log.info("the tracing ONNX exporter is unavailable; using torch.export (dynamo)")
+            batch = torch.export.Dim("batch", min=1, max=65536)
+            program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=({0: batch},), **names)
+            program.save(str(out))
+    except Exception as error:  # exporter failures are many types; name the model and the first line
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"ONNX export of {type(model).__name__} failed: {first}") from None
 
 
 @torch.no_grad()
