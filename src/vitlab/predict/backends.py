@@ -20,13 +20,16 @@ from vitlab.train.evaluation import resolve_weights
 from vitlab.weights.pretrained import fetch_reference, is_remote
 
 
-def default_preprocessing(model_config: Any) -> dict[str, Any]:
-    """For files without preprocessing metadata: the model's size and channels, pixels to [-1, 1]."""
+def complete_preprocessing(saved: dict[str, Any] | None, model_config: Any) -> dict[str, Any]:
+    """The saved preprocessing with what it leaves out taken from the model: its size and channels, and the
+    paper's [-1, 1] pixels (older files and converted ones carry only some keys, or none)."""
     size = getattr(model_config, "img_size", 224)
     size = [size, size] if isinstance(size, int) else list(size)
     chans = int(getattr(model_config, "in_chans", 3))
-    return {"img_size": size, "resize": "bilinear", "mean": [0.5] * chans, "std": [0.5] * chans,
+    full = {"img_size": size, "resize": "bilinear", "mean": [0.5] * chans, "std": [0.5] * chans,
             "channels": chans, "in_chans": chans}
+    full.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in (saved or {}).items()})
+    return full
 
 
 class TorchBackend:
@@ -40,7 +43,7 @@ class TorchBackend:
         self.name = name
         meta = inference_meta(model)
         self.classes: list[str] | None = meta.get("classes")
-        self.preprocessing: dict[str, Any] = meta.get("preprocessing") or default_preprocessing(model.config)
+        self.preprocessing = complete_preprocessing(meta.get("preprocessing"), model.config)
         self.num_classes = int(getattr(model.config, "num_classes", 0) or 0)
 
     @torch.no_grad()
