@@ -127,3 +127,20 @@ def test_checkpoint_metadata_is_optional_and_round_trips(tmp_path):
     save_model(model, tmp_path / "meta.safetensors")
     loaded = vitlab.load_model(tmp_path / "meta.safetensors")
     assert loaded.inference_meta == {"classes": CLASSES, "preprocessing": eval_preprocessing(32, 3, 1)}
+
+
+def test_a_trained_checkpoint_predicts_without_config(tmp_path):
+    """Training stores the source's class names and preprocessing: `Predictor` on the run directory needs nothing else."""
+    from train_helpers import tiny_config
+
+    from vitlab.data import get_source
+    from vitlab.train import pretrain
+
+    pretrain(tiny_config(), tmp_path / "run")
+    _, metadata = read_safetensors(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    source = get_source("synthetic", split="test", num_samples=256, img_size=16, num_classes=4, channels=3)
+    assert json.loads(metadata["vitlab.classes"]) == list(source.classes)
+    assert json.loads(metadata["vitlab.preprocessing"]) == eval_preprocessing(16, 3, 3)
+    image, _ = source[0]
+    top = vitlab.Predictor(tmp_path / "run").predict(image, top_k=4)[0].top
+    assert sorted(name for name, _, _ in top) == sorted(source.classes)
