@@ -297,23 +297,3 @@ class _Index:
             tmp = self.path.with_name(f".{INDEX_NAME}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
             os.replace(tmp, self.path)
-
-
-def hub_download(name: str, filename: str | None = None) -> Path:
-    """A Hugging Face Hub repository (``hf:ORG/NAME``) through ``huggingface_hub``'s own cache and client.
-
-    Returns the snapshot folder (or the one file when ``filename`` is given); offline, one line says so.
-    """
-    try:
-        from huggingface_hub import hf_hub_download, snapshot_download
-    except ImportError as error:  # an optional dependency of the [test] extra and of transformers
-        raise DownloadError(f"hf:{name}: huggingface_hub is not installed (pip install huggingface_hub)") from error
-    cache = cache_dir() / "hf"
-    try:
-        if filename:
-            return Path(hf_hub_download(name, filename, cache_dir=cache))
-        return Path(snapshot_download(name, cache_dir=cache))
-    except Exception as error:  # hub errors: offline, gated, not found
-        raise OfflineError(f"hf:{name}: the Hugging Face Hub could not provide it ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''}); set HF_HUB_OFFLINE=1 with a "
-                           f"filled cache at {cache}, or download it by hand") from None
