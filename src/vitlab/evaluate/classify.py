@@ -23,7 +23,7 @@ from vitlab.interop.official import load_npz_any
 from vitlab.models.weights import inference_meta, load_model
 from vitlab.train.distributed import pick_device
 from vitlab.train.evaluation import resolve_weights
-from vitlab.weights.pretrained import fetch_reference, is_remote
+from vitlab.weights.remote import fetch_reference, is_remote
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from vitlab.errors import CheckpointError
 from vitlab.interop.official import load_npz_any
 from vitlab.models.weights import CLASSES_KEY, PREPROCESSING_KEY, inference_meta, load_model
 from vitlab.train.evaluation import resolve_weights
-from vitlab.weights.pretrained import fetch_reference, is_remote
+from vitlab.weights.remote import fetch_reference, is_remote
 
 
 def complete_preprocessing(saved: dict[str, Any] | None, model_config: Any) -> dict[str, Any]:

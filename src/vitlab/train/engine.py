@@ -46,7 +46,7 @@ from vitlab.train.objectives import Objective, build_objective
 from vitlab.train.optim import EMA, Schedule, build_optimizer, set_lr
 from vitlab.train.rundir import RunDir
 from vitlab.weights import catalog
-from vitlab.weights.pretrained import PRETRAINED_PREFIX, fetch_reference, is_remote
+from vitlab.weights.remote import PRETRAINED_PREFIX, fetch_reference, is_remote
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,7 @@
-"""Published and remote weights as local files, and ``vitlab.create_model(name, pretrained=...)``.
+"""``vitlab.create_model(name, pretrained=...)``: a named model with published, remote or local weights.
 
-A remote reference is ``pretrained:MODEL.TAG`` (the catalogue, :mod:`vitlab.weights.catalog`), an
-``http(s)://`` URL or a ``file://`` URL; :func:`fetch_reference` turns each into a local file through the one
-downloader (:func:`vitlab.weights.download.download_weights`: cache, resume, SHA-256, mirror). Any other string
-is taken as a local path. The weights resolver dispatches these kinds here.
+``pretrained`` is a catalogue tag, ``pretrained:MODEL.TAG``, a URL (:mod:`vitlab.weights.remote` fetches it) or
+a path.
 """
 from __future__ import annotations
 
@@ -20,28 +18,7 @@ from vitlab.models.registry import create_model as _build_named
 from vitlab.models.weights import (config_dict, inference_meta, load_for_finetune, load_model, load_weights,
                                    model_family, set_inference_meta)
 from vitlab.weights import catalog
-from vitlab.weights.download import download_weights
-
-PRETRAINED_PREFIX = "pretrained:"
-REMOTE_PREFIXES = (PRETRAINED_PREFIX, "http://", "https://", "file://")
-
-
-def is_remote(ref: str) -> bool:
-    return isinstance(ref, str) and ref.startswith(REMOTE_PREFIXES)
-
-
-def fetch_reference(ref: str | os.PathLike) -> tuple[Path, catalog.Checkpoint | None]:
-    """The local file of a weights reference, and its catalogue entry when it names one."""
-    ref = str(ref)
-    entry = None
-    if ref.startswith(PRETRAINED_PREFIX):
-        entry = catalog.lookup(ref[len(PRETRAINED_PREFIX):])
-        url = entry.url
-    elif is_remote(ref):
-        url = ref
-    else:
-        return Path(ref).expanduser(), None
-    return download_weights(url, sha256=entry.sha256 if entry else None).path, entry
+from vitlab.weights.remote import PRETRAINED_PREFIX, fetch_reference, is_remote
 
 
 def _load_file(path: Path) -> nn.Module:
