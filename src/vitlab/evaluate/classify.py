@@ -19,11 +19,10 @@ from torch import nn
 
 from vitlab.data import build_stream, get_source
 from vitlab.errors import CheckpointError, ShapeError
-from vitlab.interop.official import load_npz_any
-from vitlab.models.weights import inference_meta, load_model
+from vitlab.models.weights import inference_meta
 from vitlab.train.distributed import pick_device
-from vitlab.train.evaluation import resolve_weights
-from vitlab.weights.remote import fetch_reference, is_remote
+from vitlab.weights import resolve
+from vitlab.weights.pretrained import with_inference_meta
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +129,11 @@ def classification_report(model: nn.Module, batches: Iterable[tuple[torch.Tensor
     }
 
 
-def load_checkpoint_model(ref: str | Path, img_size: int | None = None) -> tuple[nn.Module, Path]:
-    """The model of a checkpoint reference (``.safetensors``, run dir, ``.npz``, ``pretrained:``, URL)."""
-    ref = str(ref)
-    path = fetch_reference(ref)[0] if is_remote(ref) else resolve_weights(ref)
-    overrides = {"img_size": img_size} if img_size is not None else {}
-    if path.suffix == ".npz":
-        return load_npz_any(path, **overrides), path
-    return load_model(path, **overrides), path
+def load_checkpoint_model(ref: str | Path, img_size: int | None = None) -> tuple[nn.Module, str]:
+    """The model of a weights reference (:func:`vitlab.weights.resolve`) and the file it came from."""
+    weights = resolve(str(ref))
+    model = with_inference_meta(weights.build(img_size=img_size), weights)
+    return model, str(weights.path or weights.ref)
 
 
 def evaluate_checkpoint_report(ref: str | Path, dataset: str, *, split: str = "test", img_size: int | None = None,

@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from vitlab.errors import CheckpointError
-from vitlab.interop.official import load_npz_any
-from vitlab.models.weights import CLASSES_KEY, PREPROCESSING_KEY, inference_meta, load_model
-from vitlab.train.evaluation import resolve_weights
-from vitlab.weights.remote import fetch_reference, is_remote
+from vitlab.models.weights import CLASSES_KEY, PREPROCESSING_KEY, inference_meta
+from vitlab.weights import resolve
+from vitlab.weights.pretrained import with_inference_meta
 
 
 def complete_preprocessing(saved: dict[str, Any] | None, model_config: Any) -> dict[str, Any]:
@@ -83,13 +82,10 @@ class OnnxBackend:
 
 
 def load_model_for_inference(ref: str | Path) -> nn.Module:
-    """A vitlab model from a checkpoint reference: ``.safetensors``, a run directory, an official ``.npz``,
-    ``pretrained:MODEL.TAG`` or an ``http(s)://`` / ``file://`` URL."""
-    ref = str(ref)
-    path = fetch_reference(ref)[0] if is_remote(ref) else resolve_weights(ref)
-    if path.suffix == ".npz":
-        return load_npz_any(path)
-    return load_model(path)
+    """The model of any weights reference (:func:`vitlab.weights.resolve`), with its class names and
+    preprocessing attached."""
+    weights = resolve(str(ref))
+    return with_inference_meta(weights.build(), weights)
 
 
 def open_backend(ref: str | Path, device: str | torch.device = "cpu") -> TorchBackend | OnnxBackend:
