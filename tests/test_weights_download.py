@@ -197,3 +197,28 @@ def test_catalogue_names_and_parameter_counts():
     assert catalog.lookup("ViT-B/16", True).tag == "augreg_i21k"
     with pytest.raises(vitlab.errors.ConfigError, match="published tags of vit_b16"):
         catalog.lookup("vit_b16.nope")
+
+
+def test_init_from_pretrained_name_fine_tunes(server, cache, tmp_path, monkeypatch):
+    """``model.init_from=pretrained:MODEL.TAG`` goes through the resolver and the download cache into training."""
+    from train_helpers import tiny_tree
+
+    from vitlab.config import RunConfig
+    from vitlab.train import finetune
+
+    torch.manual_seed(0)
+    source = vitlab.create_model("vit_ti4", num_classes=7, img_size=16, depth=2, width=32, mlp_dim=64, num_heads=2)
+    save_npz(source, tmp_path / "tiny.npz")
+    entry = catalog.Checkpoint("vit_ti4", "unit_test", catalog.GCS + "vit_models/test/ti4.npz", "test", 16, 7,
+                               None, "test")
+    monkeypatch.setitem(catalog.CATALOG, entry.name, entry)
+    server.files["/vit_models/test/ti4.npz"] = (tmp_path / "tiny.npz").read_bytes()
+    monkeypatch.setenv("VITLAB_MIRROR", server.base)
+    tree = tiny_tree(train={"steps": 4, "checkpoint_every": 4})
+    tree["model"] = {"name": None, "init_from": "pretrained:vit_ti4.unit_test"}
+    tree["task"] = "finetune"
+    summary = finetune(RunConfig.from_dict(tree), tmp_path / "run", sweep={})
+    assert summary["steps"] == 4 and len(server.requests) == 1
+    tuned = vitlab.load_model(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    assert tuned.head.weight.shape[0] == 4  # the synthetic set's classes, a new head
+    assert tuned.inference_meta["classes"] and tuned.inference_meta["preprocessing"]["img_size"] == [16, 16]
