@@ -7,11 +7,8 @@ reported by name in its :class:`Prediction` and the rest are predicted.
 """
 from __future__ import annotations
 
-import math
 import os
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -140,11 +137,3 @@ def _name(image: Any, index: int) -> str:
     if isinstance(image, (str, os.PathLike)):
         return str(image)
     return f"<image {index}>"
-
-
-def images_per_second(predictor: Predictor, paths: Sequence[str], top_k: int = 1) -> float:
-    """Throughput of ``predictor`` on ``paths`` end to end (decode + model), for the docs' figures."""
-    start = time.perf_counter()
-    n = sum(1 for p in predictor.iter_predict(paths, top_k) if p.ok)
-    seconds = time.perf_counter() - start
-    return n / seconds if seconds > 0 else math.inf

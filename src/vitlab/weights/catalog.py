@@ -22,7 +22,6 @@ Names are ``MODEL.TAG`` with vitlab's model names (``vitlab models``). Tags: ``i
 """
 from __future__ import annotations
 
-import dataclasses
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,8 +159,3 @@ def lookup(name: str, tag: str | bool | None = None) -> Checkpoint:
         hint = f"published tags of {model}: {', '.join(tags)}" if tags else "see `vitlab weights` for the list"
         raise ConfigError(f"no published checkpoint {key!r}; {hint}")
     return CATALOG[key]
-
-
-def replace_url(entry: Checkpoint, url: str) -> Checkpoint:
-    """The same entry served from elsewhere (tests and private mirrors)."""
-    return dataclasses.replace(entry, url=url)
