@@ -36,6 +36,8 @@ class DataPlan:
     img_size: int
     train_size: int
     bad_files: list[tuple[str, str]] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)  # the source's class names, carried by checkpoints
+    source_channels: int = 3  # the images' own channels (before repeating grey to RGB), for preprocessing
 
 
 def plan_data(data: Any, *, seed: int, batch_size: int, micro_batch_size: int, rank: int, world_size: int,
@@ -85,7 +87,8 @@ def plan_data(data: Any, *, seed: int, batch_size: int, micro_batch_size: int, r
         test_stream = build_stream(test_source, batch_size=data.eval_batch_size, train=False, img_size=size,
                                    in_chans=chans, device=device)
     bad = list(getattr(source, "bad_files", []) or [])
-    return DataPlan(train_stream, dev_stream, test_stream, num_classes, chans, size, train_size, bad)
+    return DataPlan(train_stream, dev_stream, test_stream, num_classes, chans, size, train_size, bad,
+                    classes=list(source.classes), source_channels=int(source.channels))
 
 
 def total_steps(steps: int | None, epochs: float | None, *, train_size: int, batch_size: int) -> int:

@@ -132,7 +132,8 @@ class Trainer:
         steps = total_steps(cfg.train.steps, cfg.train.epochs, train_size=plan.train_size,
                             batch_size=cfg.train.batch_size)
         model = build_model(cfg.model, objective=cfg.train.objective, num_classes=plan.num_classes,
-                            in_chans=plan.in_chans, img_size=plan.img_size).to(env.device)
+                            in_chans=plan.in_chans, img_size=plan.img_size, classes=plan.classes,
+                            source_channels=plan.source_channels).to(env.device)
         ema = EMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         scaler = torch.amp.GradScaler(env.device.type, enabled=self.precision.scaler)
         seed_everything(cfg.seed * 7919 + 1 + env.rank)  # dropout / stochastic depth: a stream per rank

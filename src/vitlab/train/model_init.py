@@ -10,9 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitlab.data.transforms import eval_preprocessing
 from vitlab.errors import ConfigError
 from vitlab.models.registry import create_model
 from vitlab.models.specs import check_against_checkpoint, spec_of_model, split_structure
+from vitlab.models.weights import set_inference_meta
 from vitlab.train.mpp import mpp_num_classes
 from vitlab.weights import resolve
 
@@ -32,8 +34,20 @@ def default_img_size(model_cfg: Any) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
-def build_model(model_cfg: Any, *, objective: str, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
-    """The run's model: pre-trained (``init_from``, Section 3.2's transfer start) with a new head, or a fresh one."""
+def build_model(model_cfg: Any, *, objective: str, num_classes: int, in_chans: int, img_size: int,
+                classes: list[str] | None = None, source_channels: int | None = None) -> nn.Module:
+    """The run's model: pre-trained (``init_from``, Section 3.2's transfer start) with a new head, or a fresh one.
+
+    A classifier also carries what `vitlab predict` needs without a config: the class names and the preprocessing.
+    """
+    model = _build(model_cfg, objective=objective, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    if objective != "mpp" and classes:
+        set_inference_meta(model, classes=list(classes),
+                           preprocessing=eval_preprocessing(img_size, in_chans, source_channels or in_chans))
+    return model
+
+
+def _build(model_cfg: Any, *, objective: str, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
     if model_cfg.init_from:
         # The checkpoint carries the architecture; a model.name must agree with it (never a label that lies).
         shape, others = split_structure(model_cfg.overrides)
