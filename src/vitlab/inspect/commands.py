@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from vitlab.errors import ConfigError
 
@@ -29,7 +30,10 @@ FIGURE_NAMES = ("attention_rollout", "attention_distance", "position_similarity"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="a run directory, a vitlab .safetensors or an official .npz")
     parser.add_argument("--model", help="model name (random weights) when no checkpoint is given")
-    parser.add_argument("--dataset", default="fashion_mnist", help="source of the images to inspect")
+    parser.add_argument("--dataset", default=None,
+                        help="source of the images (default: a run directory's own data set, else fashion_mnist)")
+    parser.add_argument("--option", "-o", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                        help="a data source option, e.g. -o root=/data/pets (repeatable)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--img-size", type=int, default=None,
                         help="resolution (default: the checkpoint's; with --model, the source's own size)")
@@ -75,6 +79,21 @@ def load_subject(args: argparse.Namespace, source: Any) -> tuple[torch.nn.Module
     raise ConfigError("vitlab inspect needs --checkpoint RUN_DIR_OR_FILE or --model NAME")
 
 
+def data_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The source to draw images from: ``--dataset`` and ``-o``, else the inspected run's own data set."""
+    from vitlab.config import parse_overrides
+
+    options = dict(parse_overrides(args.options))
+    if args.dataset:
+        return args.dataset, options
+    saved = Path(args.checkpoint or "") / "config.yaml"
+    if args.checkpoint and saved.is_file():
+        data = (yaml.safe_load(saved.read_text()) or {}).get("data") or {}
+        if data.get("dataset"):
+            return str(data["dataset"]), {**(data.get("options") or {}), **options}
+    return "fashion_mnist", options
+
+
 def _check_args(args: argparse.Namespace) -> None:
     for name in ("num_images", "distance_images"):
         if getattr(args, name) < 1:
@@ -89,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     from vitlab.report.inspection import distance_figure, filters_figure, rollout_figure, similarity_figure
 
     _check_args(args)
-    source = get_source(args.dataset, split=args.split)
+    args.dataset, options = data_of(args)
+    source = get_source(args.dataset, split=args.split, **options)
     model, run_dir = load_subject(args, source)
     if getattr(model, "family", "") != "vit":
         raise ConfigError(f"vitlab inspect draws ViTs and hybrids (attention maps); this model is a "

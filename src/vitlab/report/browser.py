@@ -50,8 +50,10 @@ class PageCheck:
     links: list[str] = field(default_factory=list)
 
 
-def check_page(html: str | os.PathLike, screenshot: str | os.PathLike | None = None, width: int = 1200) -> PageCheck:
-    """Load ``html`` from disk, wait for every image, collect :class:`PageCheck`; save a full-page screenshot."""
+def check_page(html: str | os.PathLike, screenshot: str | os.PathLike | None = None, width: int = 1200,
+               full_page: bool = True) -> PageCheck:
+    """Load ``html`` from disk, wait for every image, collect :class:`PageCheck`; save a screenshot (the whole
+    page, or the first screen when not ``full_page``)."""
     from playwright.sync_api import sync_playwright
 
     path = Path(html).resolve()
@@ -75,7 +77,7 @@ def check_page(html: str | os.PathLike, screenshot: str | os.PathLike | None = N
             links = page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))")
             if screenshot is not None:
                 Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(screenshot), full_page=True)
+                page.screenshot(path=str(screenshot), full_page=full_page)
             title = page.title()
         finally:
             browser.close()

@@ -25,6 +25,8 @@ STYLE = {
     "axes.spines.top": False,
     "axes.spines.right": False,
     "savefig.bbox": "tight",
+    "svg.fonttype": "none",  # SVG text stays text: searchable, selectable, smaller
+    "svg.hashsalt": "vitlab",  # stable element ids: the same data gives the same SVG
 }
 FORMATS: tuple[str, ...] = ("png", "svg")
 DPI = 110

@@ -43,4 +43,8 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        if (out / "confusion.json").is_file():  # per-class results of evaluate/classify.py
+            from vitlab.report import confusion_figure, read_confusion
+
+            log.info("confusion matrix: %s", confusion_figure(*read_confusion(out / "confusion.json"), out / "confusion"))
     return 0
