@@ -151,6 +151,10 @@ def build_run_page(root: Path) -> Page:
             rows.append([Cell(values), number_cell(trial["dev_accuracy"], f"sweep.{trial['dir']}.dev_accuracy"),
                          Cell("winner" if trial["values"] == sweep.get("winner") else ""),
                          Cell(trial["dir"], href=href)])
+            curves = trial_dir / FIGURES / "training_curves.png"
+            if curves.is_file():
+                page.figures.append(embed_figure(curves, f"Training curves of the sweep's {values} run",
+                                                 f"From {trial['dir']}/metrics.jsonl.", root))
         page.tables.append(Table(["values", "dev accuracy", "", "run"], rows,
                                  f"Sweep on a {100 * sweep.get('dev_fraction', 0):.0f}% dev split", id="sweep"))
     init_from = summary.get("init_from") if summary else None
@@ -237,6 +241,8 @@ def _points_table(points: list[dict[str, Any]], root: Path) -> Table:
             value = flat.get(key)
             if key == "run_dir" and value:
                 run = Path(value) if Path(value).is_absolute() else root / value
+                if (run / "pretrain" / "summary.json").is_file():  # a study point keeps its run in pretrain/
+                    run = run / "pretrain"
                 row.append(Cell(Path(value).name, href=_stage_report(run, root) if run.is_dir() else None))
             else:
                 row.append(number_cell(value, f"points.{index}.{key}"))
