@@ -10,7 +10,8 @@ run            ``summary.json`` or ``metrics.jsonl``       ``summary.json`` (eve
 =============  ==========================================  ===============================================
 
 Builders read only files (no models, no torch), so ``vitlab report DIR`` is quick and works on a copied directory.
-Figures a builder draws itself (training curves, confusion matrix, the demo's few-shot curve) go to ``DIR/figures/``.
+Figures a builder draws itself (training curves, confusion matrix, the demo's few-shot curve) go to ``DIR/figures/``;
+one newer than the files it is drawn from is reused, so rebuilding a page whose run has not changed is quick.
 """
 from __future__ import annotations
 
@@ -91,18 +92,38 @@ def run_figures(root: Path) -> dict[str, Path]:
     """Draw the figures a run directory's files allow (training curves, confusion matrix); name -> PNG path."""
     config = _read_yaml(root / "config.yaml")
     figures: dict[str, Path] = {}
+    drawn = False
+    curves = root / FIGURES / "training_curves.png"
     if (root / "metrics.jsonl").is_file():
-        png = training_curves(read_metrics(root / "metrics.jsonl"), root / FIGURES / "training_curves",
-                              batch_size=_batch_size(config), title=root.name)
-        if png is not None:
-            figures["training_curves"] = png
+        if _up_to_date(curves, root / "metrics.jsonl", root / "config.yaml"):
+            figures["training_curves"] = curves
+        else:
+            png = training_curves(read_metrics(root / "metrics.jsonl"), curves.with_suffix(""),
+                                  batch_size=_batch_size(config), title=root.name)
+            drawn = png is not None
+            if png is not None:
+                figures["training_curves"] = png
+    confusion = root / FIGURES / "confusion.png"
     if (root / "confusion.json").is_file():
-        classes, matrix = read_confusion(root / "confusion.json")
-        figures["confusion"] = confusion_figure(classes, matrix, root / FIGURES / "confusion")
-    if figures and (root / "tensorboard").is_dir():
+        if _up_to_date(confusion, root / "confusion.json"):
+            figures["confusion"] = confusion
+        else:
+            classes, matrix = read_confusion(root / "confusion.json")
+            figures["confusion"] = confusion_figure(classes, matrix, confusion.with_suffix(""))
+            drawn = True
+    if drawn and (root / "tensorboard").is_dir():
         summary = _json(root / "summary.json") if (root / "summary.json").is_file() else {}
         log_figures(root / "tensorboard", {name: str(p) for name, p in figures.items()}, step=int(summary.get("steps", 0)))
     return figures
+
+
+def _up_to_date(png: Path, *sources: Path) -> bool:
+    """A figure (PNG and SVG) newer than every file it is drawn from need not be drawn again."""
+    svg = png.with_suffix(".svg")
+    if not (png.is_file() and svg.is_file()):
+        return False
+    oldest = min(png.stat().st_mtime_ns, svg.stat().st_mtime_ns)
+    return all(oldest >= source.stat().st_mtime_ns for source in sources if source.is_file())
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -289,6 +310,8 @@ def build_inspection_page(root: Path) -> Page:
 DEMO_QUESTION = ("Does pre-training help a ViT on a small data set? The paper's Table 2 says pre-trained ViTs "
                  "transfer well; here a small ViT pre-trained on Fashion-MNIST is fine-tuned on digits, compared "
                  "with the same ViT trained from scratch and with a few-shot linear probe.")
+FEWSHOT_CAPTION = ("Closed-form ridge on the frozen pre-logits; mean ± std over seeds; random initialisation as the "
+                   "control.")
 DEMO_STAGES = (("pretrain", "Pre-training on Fashion-MNIST"), ("finetune", "Fine-tuning on digits"),
                ("scratch", "From scratch on digits"))
 
@@ -338,7 +361,7 @@ def build_demo_page(root: Path) -> Page:
     page = Page("demo", "vitlab demo: pre-train on Fashion-MNIST, transfer to digits", DEMO_QUESTION, str(root),
                 configs=_configs(root, "demo.json"))
     if summary:
-        page.headline = key_value_table(summary, caption="summary.json", skip=("rows",))
+        page.headline = key_value_table(summary, caption="summary.json", skip=("rows", "verdict"))
         page.tables.append(demo_table(summary))
         if summary.get("verdict"):
             page.notes.append(summary["verdict"])
@@ -359,12 +382,13 @@ def build_demo_page(root: Path) -> Page:
                     page.figures.append(embed_figure(trial, f"{label}, {run.name}: training curves",
                                                      f"From {stage}/sweep/{run.name}/metrics.jsonl.", root))
     points = fewshot_points(root)
-    if points:
+    fewshot_png = root / FIGURES / "fewshot.png"
+    if points and _up_to_date(fewshot_png, root / "fewshot-pretrained.json", root / "fewshot-random-init.json"):
+        page.figures.append(embed_figure(fewshot_png, "Few-shot linear accuracy on digits", FEWSHOT_CAPTION, root))
+    elif points:
         png = plot_study(points, "Training images per class (shots)", "Digits test accuracy (%)",
                          root / FIGURES / "fewshot", log_x=True, title="Few-shot linear evaluation")
-        page.figures.append(embed_figure(png, "Few-shot linear accuracy on digits", "Closed-form ridge on the frozen "
-                                         "pre-logits; mean ± std over seeds; random initialisation as the control.",
-                                         root))
+        page.figures.append(embed_figure(png, "Few-shot linear accuracy on digits", FEWSHOT_CAPTION, root))
     for name in ("fewshot-pretrained.json", "fewshot-random-init.json", "demo-report.md", "summary.json"):
         if (root / name).is_file():
             page.links.append({"label": name, "href": name, "note": ""})
