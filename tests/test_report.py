@@ -46,7 +46,7 @@ def test_plot_study_names_bad_points(tmp_path) -> None:
 
 
 def metrics_rows() -> list[dict]:
-    rows = [{"step": s, "loss": 2.0 / s, "lr": 1e-3 * (1 - s / 40), "train_accuracy": s / 40, "wall_seconds": 3.0 * s}
+    rows = [{"step": s, "loss": 2.0 / s, "lr": 1e-3 * (1 - s / 40), "train_accuracy": s / 40, "wall_seconds": 2.0 * s}
             for s in range(5, 41, 5)]
     rows += [{"step": 20, "dev_accuracy": 0.5, "dev_loss": 1.0}, {"step": 40, "test_accuracy": 0.8, "test_loss": 0.6}]
     return rows
@@ -56,7 +56,7 @@ def test_training_curves_against_steps_images_and_wall_time(tmp_path) -> None:
     png = training_curves(metrics_rows(), tmp_path / "curves", batch_size=64)
     assert_matplotlib_png(png)
     texts = svg_texts(tmp_path / "curves.svg")
-    for label in ("Loss", "Learning rate", "Accuracy (%)", "Training step", "Images seen", "Wall time (minutes)"):
+    for label in ("Loss", "Learning rate", "Accuracy (%)", "Training step", "Images seen", "Wall time (seconds)"):
         assert label in texts, label
     assert {"train", "dev", "test"} <= set(svg_texts(tmp_path / "curves.svg", "legend_"))
     assert training_curves([{"step": 1, "test_accuracy": 0.5}], tmp_path / "none") is None  # nothing to draw

@@ -73,9 +73,10 @@ def training_curves(rows: list[dict[str, Any]], out_stem: str | os.PathLike, bat
             for axis in (ax_loss, ax_acc):
                 top = axis.secondary_xaxis("top", functions=(lambda s: s * batch_size, lambda n: n / batch_size))
                 top.set_xlabel("Images seen")
-        minutes, wall_loss = _series(rows, "loss", x="wall_seconds")
-        ax_wall.plot([m / 60 for m in minutes], wall_loss, color="C0")
-        ax_wall.set(xlabel="Wall time (minutes)", ylabel="Loss", title="Loss against wall time")
+        seconds, wall_loss = _series(rows, "loss", x="wall_seconds")
+        scale, unit = (60.0, "minutes") if seconds and seconds[-1] >= 120 else (1.0, "seconds")
+        ax_wall.plot([s / scale for s in seconds], wall_loss, color="C0")
+        ax_wall.set(xlabel=f"Wall time ({unit})", ylabel="Loss", title="Loss against wall time")
         if title:
             figure.suptitle(title)
         return save(figure, out_stem)

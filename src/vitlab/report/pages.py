@@ -76,9 +76,8 @@ def _run_question(summary: dict[str, Any], config: dict[str, Any]) -> str:
     model = summary.get("model") or (config.get("model") or {}).get("name") or "the model"
     dataset = summary.get("dataset") or (config.get("data") or {}).get("dataset") or "the data"
     if task == "finetune":
-        start = summary.get("init_from") or (config.get("model") or {}).get("init_from")
-        origin = f" starting from {start}" if start else ""
-        return (f"How well does {model} transfer to {dataset} when fine-tuned{origin} "
+        start = summary.get("init_from") or (config.get("model") or {}).get("init_from") or model
+        return (f"How well does the model of {start} transfer to {dataset} when fine-tuned "
                 f"(the paper's fine-tuning recipe, Section 3.2)?")
     return f"How well does {model} learn {dataset} in {summary.get('steps', config.get('train', {}).get('steps', '?'))} steps?"
 
