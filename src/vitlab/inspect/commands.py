@@ -49,7 +49,7 @@ def load_subject(args: argparse.Namespace, source: Any) -> tuple[torch.nn.Module
         from vitlab.train.evaluation import resolve_weights  # until vitlab.weights.resolve lands
 
         path = Path(args.checkpoint)
-        run_dir = path if path.is_dir() else None
+        run_dir = run_dir_of(path)
         weights = resolve_weights(path)
         if weights.suffix == ".npz":
             from vitlab.interop.official import load_npz_any
@@ -79,6 +79,16 @@ def load_subject(args: argparse.Namespace, source: Any) -> tuple[torch.nn.Module
     raise ConfigError("vitlab inspect needs --checkpoint RUN_DIR_OR_FILE or --model NAME")
 
 
+def run_dir_of(path: Path) -> Path | None:
+    """The run directory a checkpoint reference belongs to: the directory itself, or RUN for
+    ``RUN/checkpoints/NAME.safetensors``; None for a file elsewhere."""
+    if path.is_dir():
+        return path
+    if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file():
+        return path.parent.parent
+    return None
+
+
 def data_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The source to draw images from: ``--dataset`` and ``-o``, else the inspected run's own data set."""
     from vitlab.config import parse_overrides
@@ -86,8 +96,9 @@ def data_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     options = dict(parse_overrides(args.options))
     if args.dataset:
         return args.dataset, options
-    saved = Path(args.checkpoint or "") / "config.yaml"
-    if args.checkpoint and saved.is_file():
+    run_dir = run_dir_of(Path(args.checkpoint)) if args.checkpoint else None
+    saved = run_dir / "config.yaml" if run_dir else None
+    if saved is not None and saved.is_file():
         data = (yaml.safe_load(saved.read_text()) or {}).get("data") or {}
         if data.get("dataset"):
             return str(data["dataset"]), {**(data.get("options") or {}), **options}

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib
 from matplotlib.figure import Figure
 
 # One look for every figure: readable at the size of a docs page, light grid, no top/right spines.
@@ -33,17 +34,13 @@ DPI = 110
 
 
 def new_figure(width: float, height: float) -> Figure:
-    """A figure of ``width`` x ``height`` inches with the vitlab style (style applies at draw time too)."""
-    import matplotlib
-
-    with matplotlib.rc_context(STYLE):
-        return Figure(figsize=(width, height), layout="constrained")
+    """A figure of ``width`` x ``height`` inches laid out by matplotlib's constrained layout; create it and its axes
+    inside :func:`style` so that they take the vitlab look."""
+    return Figure(figsize=(width, height), layout="constrained")
 
 
 def style():
     """Context manager applying :data:`STYLE` while axes are created and drawn."""
-    import matplotlib
-
     return matplotlib.rc_context(STYLE)
 
 

@@ -62,7 +62,7 @@ class Page:
 
 
 def format_number(value: float | int) -> str:
-    """Fractions in [0, 1] named ``*accuracy*`` are shown as percentages by callers; here: a compact number."""
+    """A compact rendering for a table cell (the exact value stays in the cell's ``data-value``)."""
     if isinstance(value, bool) or isinstance(value, int):
         return f"{value:,}"
     if value != value:  # NaN
