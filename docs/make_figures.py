@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--work", default="runs/docs-figures", help="where the runs go")
     args = parser.parse_args()
     work = Path(args.work)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
     demo.SIZES["docs"] = DOCS_DEMO
     demo.run_demo(work / "demo", "docs")

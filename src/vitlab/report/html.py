@@ -4,6 +4,7 @@ into one self-contained ``report.html`` (figures embedded as data URIs, CSS inli
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -110,7 +111,9 @@ def embed_figure(png: str | os.PathLike, title: str, caption: str, relative_to: 
     return FigureRef(path.stem, title, caption, f"data:image/png;base64,{data}", width, height, links)
 
 
+@functools.cache
 def _environment() -> Environment:
+    """One Jinja2 environment per process: templates are compiled once, not once per page."""
     return Environment(loader=PackageLoader("vitlab.report", "templates"), autoescape=select_autoescape(["j2", "html"]),
                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
