@@ -8,7 +8,8 @@
 3. a small data-size study (a ViT and a hybrid with the ResNet root, 3 pre-training set sizes) -> WORK/study/;
 4. the confusion matrix of the fine-tuned model on the digits test split -> WORK/eval/;
 then copies one PNG of each kind to docs/figures/ and saves screenshots of the demo report (Chromium, headless)
-as docs/figures/demo-report.png. Takes a few minutes on 2 CPU cores (the demo's pre-training is most of it).
+as docs/figures/demo-report.png. The figures in docs/ took about 45 minutes on 2 vCPUs shared with other jobs at a
+load average near 18 (the shortened demo 33 minutes of it); an idle machine takes a fraction of that.
 """
 from __future__ import annotations
 

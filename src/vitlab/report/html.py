@@ -55,6 +55,7 @@ class Page:
     headline: Table | None = None
     missing_headline: str = ""
     tables: list[Table] = field(default_factory=list)
+    lead_tables: list[Table] = field(default_factory=list)  # shown above the headline (the demo's Table 2)
     figures: list[FigureRef] = field(default_factory=list)
     links: list[dict[str, str]] = field(default_factory=list)
     configs: list[dict[str, str]] = field(default_factory=list)

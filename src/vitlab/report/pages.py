@@ -361,7 +361,7 @@ def build_demo_page(root: Path) -> Page:
                 configs=_configs(root, "demo.json"))
     if summary:
         page.headline = key_value_table(summary, caption="summary.json", skip=("rows", "verdict"))
-        page.tables.append(demo_table(summary))
+        page.lead_tables.append(demo_table(summary))
         if summary.get("verdict"):
             page.notes.append(summary["verdict"])
             page.verdict_first = True
