@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   create .venv, install vitlab, get Fashion-MNIST, run the main job
-#   make test   the same set-up, then the whole test suite
+#   make test   the same set-up, then the import contracts and the whole test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -48,8 +48,11 @@ docs-figures: browser
 demo: data
 	$(BIN)/vitlab demo --out runs/demo
 
-# Where apt works (root), Chromium is installed above and the browser tests must run: a skip is then a failure.
+# lint-imports checks the [tool.importlinter] contracts of pyproject.toml (layers, no cycles) before the tests.
+# Where apt works (root), Chromium is installed by `browser` and the report browser tests must run: a skip is then
+# a failure (VITLAB_REQUIRE_BROWSER=1).
 test: data browser
+	$(BIN)/lint-imports
 	VITLAB_REQUIRE_BROWSER=$$( [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && echo 1 || echo 0 ) \
 	  $(BIN)/python -m pytest
 

@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("vitlab.studies.commands", "the data-size (Figure 4) and scaling (Figure 5) studies"),
     "inspect": ("vitlab.inspect.commands", "attention rollout, attention distance, position similarity, filters"),
     "report": ("vitlab.report.commands", "(re)build DIR/report.html for a run, study, inspection or demo directory"),
-    "convert": ("vitlab.interop.commands", "convert weights between vitlab, official .npz, timm and Hugging Face"),
+    "convert": ("vitlab.weights.commands_convert", "convert weights between vitlab, official .npz, timm and Hugging Face"),
 }
 
 

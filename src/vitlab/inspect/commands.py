@@ -1,8 +1,9 @@
 """`vitlab inspect`: attention rollout, mean attention distance, position-embedding similarity, embedding filters.
 
 Works on plain ViTs and hybrids (for a hybrid, the Transformer's attention over the ResNet feature-map grid, as the
-paper's Figure 11 shows, and the ResNet root's filters). ``--checkpoint`` takes what every command takes: a run
-directory, a vitlab ``.safetensors`` or an official ``.npz``. ``--model NAME`` inspects random weights at the
+paper's Figure 11 shows, and the ResNet root's filters). ``--checkpoint`` takes any weights reference, read through
+:func:`vitlab.weights.resolve` like every other command: a run directory, a vitlab ``.safetensors``, an official
+``.npz``, ``timm:NAME`` or ``hf:NAME``. ``--model NAME`` inspects random weights at the
 data source's own resolution (rounded up to the token stride), not at the model's 224-px default.
 
 Writes ``attention_rollout``, ``attention_distance``, ``position_similarity`` (models with position embeddings)
@@ -22,13 +23,22 @@ from typing import Any
 import torch
 import yaml
 
+from vitlab.config import parse_overrides
+from vitlab.data import build_stream, get_source
 from vitlab.errors import ConfigError
+from vitlab.inspect.attention import attention_batch_size, summarise_attention, token_pixels
+from vitlab.inspect.embeddings import embedding_filters, position_similarity
+from vitlab.models.layers import hybrid_stride
+from vitlab.models.registry import create_model, model_spec
+from vitlab.report import build_report, log_figures
+from vitlab.report.inspection import distance_figure, filters_figure, rollout_figure, similarity_figure
+from vitlab.weights import WeightsRef, resolve
 
 FIGURE_NAMES = ("attention_rollout", "attention_distance", "position_similarity", "embedding_filters")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", help="a run directory, a vitlab .safetensors or an official .npz")
+    parser.add_argument("--checkpoint", help="weights: .safetensors, run directory, official .npz, timm:NAME or hf:NAME")
     parser.add_argument("--model", help="model name (random weights) when no checkpoint is given")
     parser.add_argument("--dataset", default=None,
                         help="source of the images (default: a run directory's own data set, else fashion_mnist)")
@@ -43,29 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory")
 
 
-def load_subject(args: argparse.Namespace, source: Any) -> tuple[torch.nn.Module, Path | None]:
-    """The model to inspect and the run directory it came from (None for a file or random weights)."""
-    if args.checkpoint:
-        from vitlab.train.evaluation import resolve_weights  # until vitlab.weights.resolve lands
-
-        path = Path(args.checkpoint)
-        run_dir = run_dir_of(path)
-        weights = resolve_weights(path)
-        if weights.suffix == ".npz":
-            from vitlab.interop.official import load_npz_any
-
-            model = load_npz_any(weights)
-        else:
-            from vitlab.models.weights import load_model
-
-            model = load_model(weights)
-        if args.img_size:
-            model.set_input_size(args.img_size)
-        return model.eval(), run_dir
+def load_subject(args: argparse.Namespace, weights: WeightsRef | None, source: Any) -> torch.nn.Module:
+    """The model to inspect: the resolved checkpoint (at ``--img-size`` if given), or random weights of ``--model``
+    at the source's own size rounded up to the token stride."""
+    if weights is not None:
+        return weights.build(img_size=args.img_size).eval()
     if args.model:
-        from vitlab.models.registry import create_model, model_spec
-        from vitlab.models.vit import hybrid_stride
-
         image = source[0][0]  # uint8 [C, H, W] at the source's own size
         family, fields = model_spec(args.model)
         if family != "vit":
@@ -75,8 +68,9 @@ def load_subject(args: argparse.Namespace, source: Any) -> tuple[torch.nn.Module
         size = args.img_size or int(math.ceil(max(image.shape[1:]) / stride) * stride)
         torch.manual_seed(args.seed)
         model = create_model(args.model, num_classes=len(source.classes), in_chans=int(image.shape[0]), img_size=size)
-        return model.eval(), None
-    raise ConfigError("vitlab inspect needs --checkpoint RUN_DIR_OR_FILE or --model NAME")
+        return model.eval()
+    raise ConfigError("vitlab inspect needs --checkpoint REF (run directory, .safetensors, .npz, timm:NAME, hf:NAME) "
+                      "or --model NAME")
 
 
 def run_dir_of(path: Path) -> Path | None:
@@ -91,8 +85,6 @@ def run_dir_of(path: Path) -> Path | None:
 
 def data_of(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The source to draw images from: ``--dataset`` and ``-o``, else the inspected run's own data set."""
-    from vitlab.config import parse_overrides
-
     options = dict(parse_overrides(args.options))
     if args.dataset:
         return args.dataset, options
@@ -112,16 +104,12 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.data import build_stream, get_source
-    from vitlab.inspect.attention import attention_batch_size, summarise_attention, token_pixels
-    from vitlab.inspect.embeddings import embedding_filters, position_similarity
-    from vitlab.report import build_report, log_figures
-    from vitlab.report.inspection import distance_figure, filters_figure, rollout_figure, similarity_figure
-
     _check_args(args)
+    weights = resolve(args.checkpoint) if args.checkpoint else None  # a bad reference fails before any data loads
+    run_dir = run_dir_of(Path(args.checkpoint)) if args.checkpoint else None
     args.dataset, options = data_of(args)
     source = get_source(args.dataset, split=args.split, **options)
-    model, run_dir = load_subject(args, source)
+    model = load_subject(args, weights, source)
     if getattr(model, "family", "") != "vit":
         raise ConfigError(f"vitlab inspect draws ViTs and hybrids (attention maps); this model is a "
                           f"{getattr(model, 'family', type(model).__name__)}")

@@ -7,7 +7,9 @@ import logging
 from pathlib import Path
 
 from vitlab.config import RunConfig, list_presets, load_config
-from vitlab.errors import ConfigError
+from vitlab.errors import ConfigError, VitlabError
+from vitlab.report import build_report
+from vitlab.train.distributed import env_world
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,6 @@ def exit_status(summary: dict) -> int:
 
 
 def print_summary(summary: dict, out: str) -> None:
-    from vitlab.train.distributed import env_world
-
     if env_world()[0] != 0 or summary.get("interrupted"):
         return
     log.debug("summary: %s", json.dumps(summary))
@@ -51,10 +51,6 @@ def print_summary(summary: dict, out: str) -> None:
 def write_run_report(out: str) -> None:
     """``OUT/report.html`` (and its figures) at the end of a run, on rank 0; a report that cannot be built is a
     warning, not a failed run (``vitlab report OUT`` rebuilds it)."""
-    from vitlab.errors import VitlabError
-    from vitlab.report import build_report
-    from vitlab.train.distributed import env_world
-
     if env_world()[0] != 0:
         return
     try:

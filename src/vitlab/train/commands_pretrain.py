@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 
-from vitlab.train.commands_common import add_run_arguments, config_from_args, exit_status, print_summary, write_run_report
+from vitlab.train.commands_common import (add_run_arguments, config_from_args, exit_status, print_summary,
+                                          write_run_report)
+from vitlab.train.distributed import shutdown
+from vitlab.train.runs import pretrain
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,9 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.train.distributed import shutdown
-    from vitlab.train.runs import pretrain
-
     cfg = config_from_args(args)
     clean = False
     try:
