@@ -42,6 +42,7 @@ from vitlab.train.checkpoint import CheckpointDir
 from vitlab.train.evaluation import accuracy, autocast, objective_accuracy
 from vitlab.train.objectives import Objective, build_objective
 from vitlab.train.optim import EMA, Schedule, build_optimizer, set_lr
+from vitlab.train.precision import Precision, ProbeInput, resolve_precision
 from vitlab.train.rundir import RunDir
 from vitlab.weights import resolve
 
@@ -56,31 +57,6 @@ RESUMABLE_CHANGES = {
 
 class TrainingDiverged(VitlabError):
     """The loss (or gradient norm) became NaN or infinite; the run stopped without overwriting checkpoints."""
-
-
-@dataclass
-class Precision:
-    name: str  # fp32 | bf16 | fp16
-    dtype: torch.dtype | None  # autocast dtype (None: full precision)
-    scaler: bool  # loss scaling (fp16 only)
-
-
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    """``auto`` is bf16 on GPUs that support it, fp16 with loss scaling on older GPUs, fp32 on CPU.
-
-    bf16 on CPU is available on request (``train.precision=bf16``): it is faster only on CPUs with bf16
-    instructions (AMX / AVX512-BF16), so it is not the CPU default.
-    """
-    if name == "auto":
-        if device.type == "cuda":
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            name = "fp32"
-    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        log.warning("this GPU has no bf16; using fp16 with loss scaling instead")
-        name = "fp16"
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-    return Precision(name, dtype, scaler=name == "fp16")
 
 
 @dataclass
@@ -165,7 +141,7 @@ class Trainer:
         self.ckpt = CheckpointDir(self.run_dir.checkpoints)
         self.objective = objective or build_objective(cfg.train.loss, cfg.train.label_smoothing,
                                                       cfg.train.objective)
-        self.precision = resolve_precision(cfg.train.precision, self.env.device)
+        self.precision: Precision  # resolved once the model exists (precision=auto may time it): see _run
         self.micro = cfg.micro_batch_size(self.env.world_size)
         self.accum = cfg.accumulation_steps(self.env.world_size)
 
@@ -323,6 +299,8 @@ class Trainer:
         plan = self._build_data()
         total_steps = self._total_steps(plan)
         model = self._build_model(plan)
+        self.precision = resolve_precision(cfg.train.precision, env.device, ProbeInput(
+            model, self.micro, plan.in_chans, plan.img_size, plan.num_classes))
         ema = EMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         scaler = torch.amp.GradScaler(env.device.type, enabled=self.precision.scaler)
         schedule = Schedule.from_config(cfg.optim, total_steps)
