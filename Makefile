@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,tensorboard]"
+	$(BIN)/python -m pip install --quiet -e ".[test,tensorboard,export]"
 	touch $(STAMP)
 
 # Fashion-MNIST: Debian's package where apt works (root), else vitlab's checksummed download.

@@ -123,6 +123,7 @@ def _sweep(cfg: RunConfig, out: Path, resume: bool, grid: dict[str, list[Any]]) 
     summary = {
         "task": "finetune",
         "model": final["model"],
+        "model_spec": final.get("model_spec"),
         "dataset": cfg.data.dataset,
         "steps": final["steps"],
         "wall_seconds": round(sum(t["summary"]["wall_seconds"] for t in trials)
