@@ -72,8 +72,18 @@ def test_demo_runs_end_to_end_and_reuses_finished_runs(tiny_size, tmp_path, caps
                  "fewshot-pretrained.json", "fewshot-random-init.json", "demo-report.md"):
         assert (out / path).is_file(), path
     report = (out / "demo-report.md").read_text()
-    assert "## Few-shot linear accuracy on digits" in report and ("Pre-training helps" in report
-                                                                 or "did NOT help" in report)
+    assert "## Few-shot linear accuracy on digits" in report
+    # the verdict follows the numbers of the same report: recompute it from the table's first two columns
+    digits_row = next(line for line in report.splitlines() if line.startswith("| Digits, 32 px"))
+    cells = [cell.strip() for cell in digits_row.strip("|").split("|")[1:3]]  # fine-tuned, from scratch
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert [f"{100 * r['accuracy']:.2f}" for r in rows[:2]] == cells
+    gap = 100 * (rows[0]["accuracy"] - rows[1]["accuracy"])
+    expected = (f"Pre-training helps: fine-tuning the pre-trained ViT beats the same ViT trained from scratch by "
+                f"{gap:.2f} points" if gap > 0 else f"Pre-training did NOT help here: fine-tuning is {-gap:.2f} points "
+                "below training from scratch")
+    assert expected in report and expected in printed
+    assert ("did NOT help" in report) != ("Pre-training helps" in report)
     scratch = json.loads((out / "scratch" / "summary.json").read_text())
     assert [t["values"]["optim.lr"] for t in scratch["sweep"]["trials"]] == [0.001, 0.003]
     fewshot = json.loads((out / "fewshot-pretrained.json").read_text())

@@ -76,7 +76,9 @@ def test_engine_pretrains_with_masked_patch_prediction_from_the_config(tmp_path)
 
     summary = run_training(tiny_config(train={"objective": "mpp", "steps": 12, "checkpoint_every": 0}),
                            tmp_path / "mpp")
-    assert 0.0 <= summary["metrics"]["test_accuracy"] <= 1.0  # share of corrupted patches' colours predicted
+    # share of corrupted patches' colours predicted: seeded run 0.031 on Zen 5 after 12 steps; uniform chance over
+    # the 512 colour bins is 0.002, so the band also says the head learned something
+    assert summary["metrics"]["test_accuracy"] == pytest.approx(0.031, abs=0.015)
     saved = weights(tmp_path / "mpp")
     assert saved["mpp_head.weight"].shape == (512, 32) and "head.weight" not in saved
     tuned = resolve(tmp_path / "mpp" / "checkpoints" / "last.safetensors").build(num_classes=4, img_size=16)

@@ -29,7 +29,8 @@ def test_data_size_study_trains_on_nested_subsets_and_reports(tmp_path) -> None:
     assert len(small) == 100 and len(large) == 300 and small <= large  # nested, as in the paper
     for name in ("study.md", "study.csv", "study.json", "study.png"):
         assert (tmp_path / name).stat().st_size > 0
-    assert all(0.0 <= p.fewshot["1-shot"] <= 1.0 for p in points)
+    # seeded runs on Zen 5: 1-shot digits accuracy 0.30 (n=100) and 0.26 (n=300) on 100 test images; chance 0.10
+    assert [p.fewshot["1-shot"] for p in points] == pytest.approx([0.30, 0.26], abs=0.08)
     # A second run reuses finished points instead of training again.
     stamp = (tmp_path / "runs/vit-small-n100/point.json").stat().st_mtime_ns
     again = run_study(study, tmp_path)

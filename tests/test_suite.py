@@ -112,9 +112,15 @@ def test_minimal_suite_end_to_end_through_the_cli(tmp_path, capsys) -> None:
     report = json.loads((out / "suite.json").read_text())
     by_task = {r["task"]: r for r in report["results"]}
     assert set(by_task) == {"patterns", "where"}
-    for r in by_task.values():
-        assert 0.0 <= r["finetune_accuracy"] <= 1.0
+    for name, r in by_task.items():
+        # the suite reports the test accuracy of the task's own fine-tuning run, not another number
+        run_summary = json.loads((out / name / "finetune" / "summary.json").read_text())
+        assert r["finetune_accuracy"] == run_summary["metrics"]["test_accuracy"]
         assert set(r["fewshot"]) == {"1", "2"}
+    # seeded runs on Zen 5 (3 steps from a random init, 30 test images, so near chance): patterns 0.30 (4 classes,
+    # chance 0.25), where 0.567 (2 bins, chance 0.5); the band is 3 test images either way
+    assert by_task["patterns"]["finetune_accuracy"] == pytest.approx(0.30, abs=0.1)
+    assert by_task["where"]["finetune_accuracy"] == pytest.approx(0.567, abs=0.1)
     # the fine-tuning run trained on the 40-example subset and was scored on the capped test set
     summary = json.loads((out / "patterns" / "finetune" / "summary.json").read_text())
     assert summary["train_images"] == 40 and summary["steps"] == 3

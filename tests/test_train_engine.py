@@ -27,7 +27,9 @@ def test_a_run_writes_the_run_directory(tmp_path):
     for key in ("task", "model", "dataset", "steps", "wall_seconds", "images_per_second", "metrics"):
         assert key in on_disk
     assert on_disk["task"] == "pretrain" and on_disk["steps"] == 20 and on_disk["model"] == "vit_ti4"
-    assert 0.0 <= on_disk["metrics"]["test_accuracy"] <= 1.0
+    # seeded run: 0.816 on Zen 5 (fp32, 1 thread); 4 classes, chance 0.25. The band allows a few test images
+    # (of 256) to flip with another CPU's summation order; a run that does not learn falls below it.
+    assert on_disk["metrics"]["test_accuracy"] == pytest.approx(0.816, abs=0.1)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [5, 10, 15, 20]
     assert any("test_accuracy" in r for r in records)
@@ -66,7 +68,9 @@ def test_ema_weights_are_evaluated_and_saved_as_best(tmp_path):
 def test_dev_split_picks_the_best_checkpoint(tmp_path):
     summary = run_training(tiny_config(data={"dev_fraction": 0.25}, train={"eval_every": 5}), tmp_path)
     assert summary["train_images"] == 192
-    assert 0.0 <= summary["metrics"]["dev_accuracy"] <= 1.0
+    # seeded run: dev 0.875 (64 images), test 0.934 on Zen 5; 4 classes, chance 0.25
+    assert summary["metrics"]["dev_accuracy"] == pytest.approx(0.875, abs=0.1)
+    assert summary["metrics"]["test_accuracy"] == pytest.approx(0.934, abs=0.1)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     dev = {r["step"]: r["dev_accuracy"] for r in records if "dev_accuracy" in r}
     assert sorted(dev) == [5, 10, 15, 20]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from train_helpers import run, tiny_config, tiny_tree, vitlab_cmd, weights, write_config
 
@@ -52,7 +53,9 @@ def test_sweep_picks_on_dev_and_reports_the_winners_test_accuracy(tmp_path):
     best = max(trials, key=lambda t: t["dev_accuracy"])
     assert summary["sweep"]["winner"] == best["values"]
     assert summary["sweep"]["dev_fraction"] == 0.1  # synthetic is not in the paper's table: 10%
-    assert 0.0 <= summary["metrics"]["test_accuracy"] <= 1.0
+    # the winner (lr 0.03, dev 0.731 against 0.654 for lr 0.0001), refit on the whole training split: seeded run
+    # 0.5625 test accuracy on Zen 5; 4 classes, chance 0.25
+    assert summary["metrics"]["test_accuracy"] == pytest.approx(0.5625, abs=0.15)
     final = json.loads((tmp_path / "sweep" / "final" / "summary.json").read_text())
     assert final["metrics"]["test_accuracy"] == summary["metrics"]["test_accuracy"]
     assert final["train_images"] == 256  # the refit trains on the whole training split

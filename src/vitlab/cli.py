@@ -39,16 +39,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _import_command(module_name: str):
-    """Import a command module; a command whose module is absent is listed but fails when run."""
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name == module_name:
-            return None
-        raise
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Parse the command name first so that only that command's module is imported.
@@ -69,10 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         full.print_help()
         return 2
-    module = _import_command(args._module)
-    if module is None:
-        print(f"vitlab: command {args.command!r} is not available in this build", file=sys.stderr)
-        return 2
+    module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
     except VitlabError as error:
@@ -92,9 +79,7 @@ def _parser_for(command: str | None) -> argparse.ArgumentParser:
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         command_parser.set_defaults(_module=module_name)
         if name == command:
-            module = _import_command(module_name)
-            if module is not None:
-                module.add_arguments(command_parser)
+            importlib.import_module(module_name).add_arguments(command_parser)
     return parser
 
 

@@ -97,8 +97,8 @@ class _ReductionMajorLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-# Up to this many keys, the explicit product beats the CPU flash-attention kernel in fp32 (forward + backward, batch
-# 64, 4 heads of 32, 2 threads: 2.8x faster at 17 keys, 1.9x at 50, 1.45x at 65, 0.96x at 101, 0.58x at 197).
+# Up to this many keys, the explicit product beats the CPU flash-attention kernel in fp32 (forward + backward; the
+# measurements behind the threshold are in docs/performance.md).
 EXPLICIT_ATTENTION_MAX_KEYS = 64
 # The same in bf16 on a CPU with native bf16 (oneDNN's bf16 GEMMs): the flash kernel's bf16 backward is slow there,
 # so the explicit product wins up to far longer sequences (measured up to 401 keys, 320 px in 16x16 patches:

@@ -164,15 +164,6 @@ def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return tensor
 
 
-def any_process(flag: bool, env: DistEnv) -> bool:
-    """True when any process raises ``flag`` (how a signal on one rank stops all of them at the same step)."""
-    if not env.distributed:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=env.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
-
-
 def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
     """Every process's ``obj`` in rank order (used to save each rank's RNG state in rank 0's checkpoint)."""
     if not env.distributed:
@@ -180,15 +171,6 @@ def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
     out: list[Any] = [None] * env.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any, env: DistEnv) -> Any:
-    """Rank 0's ``obj`` on every process."""
-    if not env.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def barrier(env: DistEnv) -> None:
