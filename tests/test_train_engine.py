@@ -62,7 +62,8 @@ def test_ema_weights_are_evaluated_and_saved_as_best(tmp_path):
     best = weights(tmp_path, "best")
     assert max_abs_diff(best, {k: shadow[k] for k in best}) == 0.0
     assert max_abs_diff(best, weights(tmp_path, "last")) > 0.0  # the average differs from the raw weights
-    assert summary["metrics"]["test_accuracy"] is not None
+    # seeded run: 0.762 with the EMA weights on Zen 5 (0.816 without EMA, the first test); 4 classes, chance 0.25
+    assert summary["metrics"]["test_accuracy"] == pytest.approx(0.762, abs=0.1)
 
 
 def test_dev_split_picks_the_best_checkpoint(tmp_path):
