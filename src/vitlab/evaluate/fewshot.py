@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from vitlab.data import build_stream
-from vitlab.data.splits import few_shot_indices
+from vitlab.data.splits import few_shot_indices, labels_of
 from vitlab.errors import ConfigError, DataError, ShapeError
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ def fewshot_evaluate(model: nn.Module, train_source: Any, test_source: Any, *,
     a dev split of ``dev_size`` images is held out of the train pool first and never drawn as a shot.
     """
     size, chans = _model_input(model, img_size, in_chans)
-    train_labels = _labels_of(train_source)
+    train_labels = torch.as_tensor(labels_of(train_source))  # every data-layer source carries its labels
     num_classes = int(getattr(train_source, "num_classes", int(train_labels.max()) + 1))
 
     def features(source: Any, indices: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -348,10 +348,3 @@ def fewshot_evaluate(model: nn.Module, train_source: Any, test_source: Any, *,
                          representation=representation_name, num_classes=num_classes,
                          test_examples=len(test_labels), results=results,
                          l2_mode="dev" if l2 == "dev" else f"2^{math.log2(float(l2)):g}")
-
-
-def _labels_of(source: Any) -> torch.Tensor:
-    labels = getattr(source, "labels", None)
-    if labels is None:
-        labels = [source[i][1] for i in range(len(source))]
-    return torch.as_tensor(labels, dtype=torch.int64)
