@@ -20,7 +20,7 @@ from torch import nn
 
 from vitlab.errors import ConfigError, ShapeError
 from vitlab.models import kernels
-from vitlab.models.posemb import POSEMB_KINDS, build_pos_embed
+from vitlab.models.posemb import POSEMB_KINDS, build_pos_embed, build_relative_logits
 
 CLASSIFIERS = ("token", "gap")
 GELU_KINDS = ("tanh", "exact")
@@ -179,7 +179,9 @@ class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection; the product goes through :func:`kernels.attention`.
 
     ``num_queries=n`` computes the outputs of the first ``n`` tokens only (all tokens still serve as keys and
-    values): what the last block needs when only the class token is read out.
+    values): what the last block needs when only the class token is read out. With ``posemb="relative"`` /
+    ``"relative_2d"`` the layer owns a relative position table (``rel_pos``) whose logits are added to the content
+    logits before the softmax (Appendix D.4).
     """
 
     def __init__(self, cfg: ViTConfig) -> None:
@@ -189,6 +191,9 @@ class Attention(nn.Module):
         self.attn_dropout = cfg.attn_dropout
         self.qkv = nn.Linear(cfg.width, 3 * cfg.width, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.width, cfg.width)
+        self.rel_pos = build_relative_logits(
+            cfg.posemb, cfg.grid_size, cfg.width, cfg.num_heads, 1 if cfg.classifier == "token" else 0
+        )
         # The official code has separate q, k, v Dense layers, each Xavier-uniform over D x D.
         for chunk in self.qkv.weight.data.chunk(3, dim=0):
             nn.init.xavier_uniform_(chunk)
@@ -214,13 +219,14 @@ class Attention(nn.Module):
     def forward(self, tokens: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
         q, k, v = self._heads(tokens, num_queries)
         dropout = self.attn_dropout if self.training else 0.0
-        mixed = kernels.attention(q, k, v, dropout_p=dropout)  # [B, heads, Nq, head_dim]
+        bias = None if self.rel_pos is None else self.rel_pos(q)  # [B, heads, Nq, N] relative logits
+        mixed = kernels.attention(q, k, v, dropout_p=dropout, bias=bias)  # [B, heads, Nq, head_dim]
         return kernels.linear(mixed.transpose(1, 2).flatten(2), self.proj.weight, self.proj.bias)
 
     def attention_probs(self, tokens: torch.Tensor) -> torch.Tensor:
         """The softmax attention matrix ``[B, heads, N, N]`` (what SDPA computes but does not return)."""
         q, k, _ = self._heads(tokens)
-        return kernels.attention_probs(q, k)
+        return kernels.attention_probs(q, k, None if self.rel_pos is None else self.rel_pos(q))
 
 
 class Mlp(nn.Module):
@@ -429,13 +435,17 @@ class VisionTransformer(nn.Module):
         self.config.img_size = new_cfg.img_size
         self.patch_embed.img_size = new_cfg.img_size
         self.pos_embed.resize(new_cfg.grid_size, method)
+        for block in self.blocks:
+            if block.attn.rel_pos is not None:
+                block.attn.rel_pos.resize(new_cfg.grid_size, method)
 
     def no_weight_decay(self) -> set[str]:
         """Parameters that take no weight decay: biases, norms, position embeddings, the class token."""
         return {
             name
             for name, param in self.named_parameters()
-            if param.ndim < 2 or name.startswith("pos_embed.") or name in ("cls_token", "mask_token")
+            if param.ndim < 2 or name.startswith("pos_embed.") or ".rel_pos." in name
+            or name in ("cls_token", "mask_token")
         }
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -448,6 +458,12 @@ class VisionTransformer(nn.Module):
                 key = f"pos_embed.{part}"
                 if key in adapted:
                     adapted[key] = self.pos_embed.adapt_state(part, adapted[key])
+        for index, block in enumerate(self.blocks):
+            key, rel_pos = f"blocks.{index}.attn.rel_pos.table", block.attn.rel_pos
+            if rel_pos is not None and key in adapted and adapted[key].shape != rel_pos.table.shape:
+                offsets = adapted[key].shape[0] - (3 if self.num_prefix_tokens else 0)
+                side = (math.isqrt(offsets) + 1) // 2  # a square (2g-1) x (2g-1) offset grid
+                adapted[key] = rel_pos.adapt_table(adapted[key], rel_pos.grid, old_grid=(side, side))
         return adapted
 
     def _new_head(self, num_classes: int) -> nn.Module:
