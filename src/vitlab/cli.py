@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vitlab.demo", "the main job: pre-train on Fashion-MNIST, transfer to digits, report"),
     "download": ("vitlab.data.commands_download", "locate or download a dataset (checksummed)"),
     "dedup": ("vitlab.data.commands_dedup", "find near-duplicates of test images in a pre-training source"),
-    "study": ("vitlab.studies.commands", "the data-size (Figure 4) and scaling (Figure 5) studies"),
+    "study": ("vitlab.studies.commands", "the paper's studies with seeds and verdicts (--list shows them)"),
     "inspect": ("vitlab.inspect.commands", "attention rollout, attention distance, position similarity, filters"),
     "convert": ("vitlab.interop.commands", "convert weights between vitlab, official .npz, timm and Hugging Face"),
 }
