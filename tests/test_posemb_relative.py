@@ -38,7 +38,10 @@ def test_offset_index_counts_each_offset_of_the_grid() -> None:
     assert count == 5 * 7 and len(index.unique()) == 35
     # (1, 2) vs (0, 0) and (2, 3) vs (1, 1): the same (dy, dx) = (1, 2)
     assert index[1 * 4 + 2, 0] == index[2 * 4 + 3, 1 * 4 + 1]
-    assert index[1 * 4 + 2, 0] != index[0 * 4 + 3, 0]  # raster offset 6 would be (1, 2) and (0, 3)... not in 2-D
+    # (1, 0) vs (0, 1) and (0, 3) vs (0, 0) share the raster offset 3 but not the 2-D offset ((1, -1) vs (0, 3))
+    assert index[1 * 4 + 0, 0 * 4 + 1] != index[0 * 4 + 3, 0]
+    raster, _ = relative_offset_index((3, 4), two_d=False)
+    assert raster[1 * 4 + 0, 0 * 4 + 1] == raster[0 * 4 + 3, 0]
 
 
 @pytest.mark.parametrize("two_d", [False, True])
@@ -91,13 +94,13 @@ def test_gradients_reach_every_relative_table() -> None:
         assert grad is not None and grad.abs().sum() > 0
 
 
-def test_pruned_last_block_gives_the_full_models_logits() -> None:
+def test_class_token_only_block_matches_the_full_block() -> None:
+    """A block computed for the class token's query only (what the last block does when only the class token is
+    read) gives that token the output of the full block: its relative term is the class->class/patch row."""
     model = tiny("relative").eval()
-    model.head = torch.nn.Linear(32, 5)
-    images = torch.randn(2, 1, 28, 28)
-    pruned = model(images)
-    model.set_last_block_pruning(False)
-    torch.testing.assert_close(pruned, model(images), atol=1e-5, rtol=1e-5)
+    tokens = model._embed(torch.randn(2, 1, 28, 28))
+    block = model.blocks[-1]
+    torch.testing.assert_close(block(tokens, num_queries=1), block(tokens)[:, :1], atol=1e-5, rtol=1e-5)
 
 
 def test_sdpa_and_explicit_paths_agree() -> None:

@@ -7,7 +7,6 @@ import csv
 import dataclasses
 import io
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +108,9 @@ def mean_points(points: list) -> list:
     for members in groups.values():
         first = members[0]
         keys = {k for p in members for k in p.fewshot}
-        fewshot = {k: statistics.fmean(p.fewshot[k] for p in members if k in p.fewshot) for k in keys}
-        merged.append(dataclasses.replace(first, fewshot=fewshot))
+        spreads = {k: mean_spread([p.fewshot[k] for p in members if k in p.fewshot]) for k in keys}
+        merged.append(dataclasses.replace(first, fewshot={k: m for k, (m, _) in spreads.items()},
+                                          fewshot_std={k: s for k, (_, s) in spreads.items()}))
     return merged
 
 

@@ -48,6 +48,7 @@ class Point:
     family: str = ""
     metrics: dict[str, float] = field(default_factory=dict)  # every number the claims may read
     wall_seconds: float = 0.0
+    fewshot_std: dict[str, float] = field(default_factory=dict)  # spread over seeds, on merged points only
 
 
 def point_tag(study: Study, label: str, value: Any, seed: int) -> str:
