@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dedup": ("vitlab.data.commands_dedup", "find near-duplicates of test images in a pre-training source"),
     "study": ("vitlab.studies.commands", "the paper's studies with seeds and verdicts (--list shows them)"),
     "inspect": ("vitlab.inspect.commands", "attention rollout, attention distance, position similarity, filters"),
-    "convert": ("vitlab.interop.commands", "convert weights between vitlab, official .npz, timm and Hugging Face"),
+    "convert": ("vitlab.weights.commands_convert", "convert weights between vitlab, official .npz, timm and Hugging Face"),
 }
 
 

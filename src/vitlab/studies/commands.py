@@ -5,6 +5,12 @@ import argparse
 
 import yaml
 
+from vitlab.errors import ConfigError
+from vitlab.studies.claims import study_claims
+from vitlab.studies.results import claims_table, variant_table
+from vitlab.studies.runner import run_study
+from vitlab.studies.study import describe_presets, load_study
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", nargs="?", help="a study preset (see --list) or a YAML file")
@@ -16,12 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.errors import ConfigError
-    from vitlab.studies.claims import study_claims
-    from vitlab.studies.results import claims_table, variant_table
-    from vitlab.studies.runner import run_study
-    from vitlab.studies.study import describe_presets, load_study
-
     if args.list:
         rows = describe_presets()
         width = max(len(name) for name, _, _ in rows)

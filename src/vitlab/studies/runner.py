@@ -25,6 +25,7 @@ from vitlab.evaluate.fewshot import fewshot_evaluate
 from vitlab.models.flops import count_model_macs
 from vitlab.models.weights import atomic_write, load_model
 from vitlab.studies.learned import learned_numbers
+from vitlab.studies.results import write_results
 from vitlab.studies.study import Study, Variant
 from vitlab.train import finetune, pretrain
 
@@ -61,8 +62,6 @@ def point_tag(study: Study, label: str, value: Any, seed: int) -> str:
 
 def run_study(study: Study, out_dir: str | Path, resume: bool = True) -> list[Any]:
     """Train and evaluate every point, then write ``study.json``/``.csv``/``.md`` with the claims' verdicts."""
-    from vitlab.studies.results import write_results
-
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(yaml.safe_dump(study.to_dict(), sort_keys=False))
@@ -166,8 +165,8 @@ def finetune_accuracy(study: Study, pretrain_cfg: RunConfig, checkpoint: Optiona
     if checkpoint is not None:
         cfg = cfg.override({"model.init_from": str(checkpoint)})
     else:
-        cfg = cfg.override({"model.name": pretrain_cfg.model.name, "model.init_from": None})
-        cfg.model.overrides = dict(pretrain_cfg.model.overrides)
+        model_fields = {f"model.{key}": value for key, value in pretrain_cfg.model.overrides.items()}
+        cfg = cfg.override({"model.name": pretrain_cfg.model.name, "model.init_from": None, **model_fields})
     summary = finetune(cfg, out, resume=resume, sweep={})
     return float(summary["metrics"]["test_accuracy"])
 
