@@ -195,3 +195,29 @@ def test_bad_studies_are_named() -> None:
         study_from_dict({**tiny("scaling-fmnist"), "models": {"a": [], "b": ["model.depth=2"]}})
     with pytest.raises(ConfigError, match="neither a YAML file nor a preset"):
         load_study("no-such-study")
+
+
+def test_figure7_numbers_read_the_structure_they_name() -> None:
+    import torch
+
+    from vitlab.studies.learned import attention_numbers, similarity_numbers, uniform_attention_distance
+
+    # Embeddings made of a row part and a column part (what the paper's Figure 7 shows): pairs in the same row
+    # or column share half their embedding, so they are more similar than other pairs at the same distance.
+    gh = gw = 5
+    rows, cols = torch.eye(gh).repeat_interleave(gw, 0), torch.eye(gw).repeat(gh, 1)
+    table = torch.nn.functional.normalize(torch.cat([rows, cols], dim=1), dim=1)
+    numbers = similarity_numbers((table @ table.T).reshape(gh, gw, gh, gw))
+    assert numbers["posemb_rowcol_gap"] == pytest.approx(0.5)
+    assert numbers["posemb_distance_corr"] < -0.3  # -0.41: similar within rows and columns, so near
+    # Random embeddings carry no such structure.
+    noise = torch.nn.functional.normalize(torch.randn(gh * gw, 64, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert abs(similarity_numbers((noise @ noise.T).reshape(gh, gw, gh, gw))["posemb_distance_corr"]) < 0.2
+    # Distances growing by 2 px per layer, one head of layer 0 at the uniform-attention distance.
+    distances = torch.tensor([[4.0, 8.0], [6.0, 10.0], [8.0, 12.0]])
+    uniform = uniform_attention_distance((gh, gw), 4)
+    distances[0, 1] = uniform
+    out = attention_numbers(distances, (gh, gw), 4)
+    assert out["attn_global_ratio"] == pytest.approx(1.0)
+    assert out["attn_first_min"] == 4.0
+    assert out["attn_distance_slope"] == pytest.approx((10 - (4 + uniform) / 2) / 2)  # (last - first) / 2 layers
