@@ -15,7 +15,7 @@ from vitlab.studies.study import describe_presets, load_study
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", nargs="?", help="a study preset (see --list) or a YAML file")
     parser.add_argument("overrides", nargs="*", help="top-level study keys, e.g. seeds=[0] sizes=[1000,5000]")
-    parser.add_argument("--out", help="study directory (runs/, study.md, study.csv, study.json, study.png)")
+    parser.add_argument("--out", help="study directory (runs/, study.md, study.csv, study.json, study.png + .svg, report.html)")
     parser.add_argument("--quick", action="store_true", help="the preset's quick size: a first look, one seed")
     parser.add_argument("--list", action="store_true", help="list the shipped studies and what each reproduces")
     parser.add_argument("--fresh", action="store_true", help="retrain points that already finished")
@@ -43,5 +43,5 @@ def run(args: argparse.Namespace) -> int:
     print(variant_table(points))
     print()
     print(claims_table(study_claims(study, points)))
-    print(f"\nwrote {args.out}/study.md, study.csv, study.json" + (", study.png" if study.kind in ("data_size", "scaling") else ""))
+    print(f"\nwrote {args.out}/study.md, study.csv, study.json" + (", study.png, study.svg" if study.kind in ("data_size", "scaling") else "") + ", report.html")
     return 0

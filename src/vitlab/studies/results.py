@@ -1,6 +1,6 @@
 """A study's results: ``study.json`` (every point and claim), ``study.csv`` (one row per point), ``study.md``
 (the per-variant table with mean ± spread over seeds, then the claims with the paper's figure and the verdict) and
-the figure (``study.png``) drawn by the report code."""
+the figure (``study.png`` + ``.svg``) and ``report.html`` drawn by :mod:`vitlab.report`."""
 from __future__ import annotations
 
 import csv
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vitlab.models.weights import atomic_write
+from vitlab.report import build_report
 from vitlab.studies import report
 from vitlab.studies.claims import Claim, mean_spread, study_claims
 
@@ -35,7 +36,8 @@ def write_results(study, points: list, out: Path) -> list[Claim]:
     _write_text(out / "study.csv", points_csv(points))
     _write_text(out / "study.md", markdown(study, points, claims))
     if study.kind in ("data_size", "scaling"):
-        report.plot(study, mean_points(points), out / "study.png")
+        report.plot(study, mean_points(points), out / "study")  # study.png + study.svg
+    build_report(out)  # report.html
     return claims
 
 
