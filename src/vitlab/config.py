@@ -111,6 +111,9 @@ class TrainSection:
     # CPU threads for torch's kernels; null: torch's default (all cores). On a busy shared machine fewer
     # threads than cores avoids OpenMP threads waiting on each other (1 can be several times faster).
     num_threads: Optional[int] = None
+    # Recompute each Transformer block's activations in the backward pass instead of keeping them: true (every
+    # block), false, or k (every k-th block). Less memory for a second forward pass of those blocks.
+    activation_checkpointing: Union[bool, int] = False
 
 
 @dataclass
@@ -118,6 +121,16 @@ class DistributedSection:
     strategy: Literal["ddp", "fsdp"] = "ddp"
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPU, gloo on CPU
     timeout_minutes: int = 30
+    # FSDP2 only (strategy=fsdp): the dtype parameters are gathered and computed in, and gradients reduced in
+    # (torch.distributed.fsdp.MixedPrecisionPolicy); free the gathered parameters after each forward (less memory,
+    # one more all-gather in the backward pass); keep shards, gradients and optimiser state in host memory.
+    param_dtype: Literal["fp32", "bf16"] = "fp32"
+    reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+    reshard_after_forward: bool = True
+    cpu_offload: bool = False
+    # FSDP2 only: checkpoints written by every rank through torch.distributed.checkpoint (no gather on rank 0;
+    # resumable on any number of processes); false: rank 0 writes the gathered state
+    sharded_checkpoints: bool = False
 
 
 @dataclass
@@ -246,6 +259,8 @@ class RunConfig:
             raise ConfigError("train.ema_decay needs distributed.strategy=ddp (EMA of FSDP shards is not supported)")
         _require(t.num_threads is None or t.num_threads > 0, "train.num_threads", t.num_threads,
                  "a positive integer or null")
+        _require(isinstance(t.activation_checkpointing, bool) or t.activation_checkpointing >= 1,
+                 "train.activation_checkpointing", t.activation_checkpointing, "true, false or an integer k >= 1")
         _require(t.log_every > 0, "train.log_every", t.log_every, "a positive integer")
         _require(t.eval_every >= 0, "train.eval_every", t.eval_every, "an integer >= 0")
         _require(t.checkpoint_every >= 0, "train.checkpoint_every", t.checkpoint_every, "an integer >= 0")

@@ -38,7 +38,8 @@ from vitlab.config import RunConfig, load_config
 from vitlab.errors import CheckpointError, ConfigError, VitlabError
 from vitlab.progress import Progress, results_table
 from vitlab.train import distributed as dist_utils
-from vitlab.train.checkpoint import CheckpointDir
+from vitlab.train.checkpoint import CheckpointDir, Loaded
+from vitlab.train.checkpoint_dist import ShardedCheckpoints
 from vitlab.train.evaluation import accuracy, autocast, objective_accuracy, resolve_weights
 from vitlab.train.objectives import Objective, build_objective
 from vitlab.train.optim import EMA, Schedule, build_optimizer, set_lr
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = {
     "train.num_threads", "train.log_every", "train.eval_every", "train.checkpoint_every", "data.num_workers",
     "data.eval_batch_size", "train.device", "distributed.backend", "distributed.timeout_minutes", "train.micro_batch_size",
+    "train.activation_checkpointing", "distributed.reshard_after_forward", "distributed.cpu_offload",
 }
 
 
@@ -162,6 +164,8 @@ class Trainer:
         self.env = dist_utils.setup(cfg.distributed, cfg.train.device)
         self.run_dir = RunDir(out_dir, writer=self.env.is_main)
         self.ckpt = CheckpointDir(self.run_dir.checkpoints)
+        self.sharded = (ShardedCheckpoints(self.run_dir.checkpoints / "sharded", self.env)
+                        if cfg.distributed.sharded_checkpoints else None)
         self.objective = objective or build_objective(cfg.train.loss, cfg.train.label_smoothing,
                                                       cfg.train.objective)
         self.precision = resolve_precision(cfg.train.precision, self.env.device)
@@ -170,7 +174,7 @@ class Trainer:
 
     # ---- set-up ---------------------------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
-        has_checkpoint = self.ckpt.exists()
+        has_checkpoint = self.ckpt.exists() or (self.sharded is not None and self.sharded.exists())
         if has_checkpoint and not self.resume:
             raise ConfigError(
                 f"--out {self.run_dir.root} already holds a run; pass --resume to continue it or choose another --out"
@@ -295,6 +299,7 @@ class Trainer:
                 num_classes = 0  # no classifier to train: every parameter takes part (DDP needs that)
             model = create_model(cfg.name, num_classes=num_classes, img_size=plan.img_size,
                                  in_chans=plan.in_chans, **overrides)
+        dist_utils.set_activation_checkpointing(model, self.cfg.train.activation_checkpointing)
         return model.to(self.env.device)
 
     def _total_steps(self, plan: DataPlan) -> int:
@@ -344,19 +349,22 @@ class Trainer:
         seed_everything(cfg.seed * 7919 + 1 + env.rank)
 
         state = {"step": 0, "train_seconds": 0.0, "wall_seconds": 0.0, "best": None, "resumed_from": None}
-        loaded = self.ckpt.load_latest() if self.resume else None
+        loaded = self._latest() if self.resume else None
         if self.resume and loaded is None:
             log.info("--resume: no checkpoint in %s yet; starting from step 0", self.ckpt.root)
         if loaded is not None:
             if loaded.state.get("finished") and self.run_dir.summary.exists():
                 log.info("%s already finished (step %d); nothing to resume", self.run_dir.root, loaded.state["step"])
                 return json.loads(self.run_dir.summary.read_text())
-            self._load_weights(loaded, model)
+            if self.sharded is None:
+                self._load_weights(loaded, model)
         # FSDP shards the parameters in place, so the optimiser is built on the wrapped model's parameters.
         self._cpu_copy = copy.deepcopy(model).cpu() if env.strategy == "fsdp" and env.distributed else None
-        train_model = dist_utils.wrap(model, env)
+        train_model = dist_utils.wrap(model, env, cfg.distributed)
         optimizer = build_optimizer(model, cfg.optim, fused=self._cpu_copy is None)
         if loaded is not None:
+            if self.sharded is not None:  # weights and optimiser from every rank's shards, any world size
+                self.sharded.load(loaded.weights_path, model, optimizer)
             state = self._restore(loaded, model, optimizer, ema, scaler, plan)
         self.run_dir.write_text("config.yaml", cfg.to_yaml())
         self.run_dir.write_bad_files(plan.bad_files)
@@ -547,11 +555,19 @@ class Trainer:
         self._cpu_copy.load_state_dict(full)
         return self._cpu_copy
 
+    def _latest(self) -> Loaded | None:
+        """The checkpoint to resume from (sharded ones: the step directory, with the small state only)."""
+        if self.sharded is None:
+            return self.ckpt.load_latest()
+        found = self.sharded.latest()
+        return None if found is None else Loaded(found[0], {}, found[1], [])
+
     def _save(self, model, optimizer, ema, scaler, plan, state, finished: bool = False) -> None:
         rngs = dist_utils.gather_objects(rng_state(self.env.device), self.env)
-        weights = self._saveable(model)
-        optimizer_state = dist_utils.full_optimizer_state(model, optimizer, self.env)
-        if self.env.is_main:
+        sharded = self.sharded is not None
+        weights = None if sharded else self._saveable(model)
+        optimizer_state = None if sharded else dist_utils.full_optimizer_state(model, optimizer, self.env)
+        if self.env.is_main or sharded:
             payload = {
                 "step": state["step"],
                 "train_seconds": state["train_seconds"],
@@ -566,7 +582,10 @@ class Trainer:
                 "world_size": self.env.world_size,
                 "finished": finished,
             }
-            self.ckpt.save(weights, payload)
+            if sharded:  # every rank writes its shards; rank 0 the rest
+                self.sharded.save(state["step"], model, optimizer, payload)
+            else:
+                self.ckpt.save(weights, payload)
         dist_utils.barrier(self.env)
 
     def _load_weights(self, loaded, model) -> None:
@@ -578,7 +597,8 @@ class Trainer:
     def _restore(self, loaded, model, optimizer, ema, scaler, plan) -> dict[str, Any]:
         saved = loaded.state
         try:
-            dist_utils.load_optimizer_state(model, optimizer, saved["optimizer"], self.env)
+            if saved.get("optimizer") is not None:  # None: in the sharded checkpoint, already loaded
+                dist_utils.load_optimizer_state(model, optimizer, saved["optimizer"], self.env)
             if ema is not None:
                 if saved.get("ema") is None:
                     raise CheckpointError(f"{loaded.weights_path}: the run had no EMA but the config asks for one")
