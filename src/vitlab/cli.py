@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("vitlab.studies.commands", "the data-size (Figure 4) and scaling (Figure 5) studies"),
     "inspect": ("vitlab.inspect.commands", "attention rollout, attention distance, position similarity, filters"),
     "convert": ("vitlab.interop.commands", "convert weights between vitlab, official .npz, timm and Hugging Face"),
+    "plan": ("vitlab.train.commands_plan", "memory per GPU, micro-batch and time per epoch before launching"),
 }
 
 
