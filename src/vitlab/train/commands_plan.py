@@ -106,19 +106,23 @@ def _table(rows, with_time: bool) -> str:
     return "\n".join(out)
 
 
-def measure_in_subprocess(config: str, overrides: list[str], batch: int, classes: int, checkpoint_every: int) -> dict:
-    """Run :func:`vitlab.train.plan.measure_first_step` in a fresh process (a clean heap; malloc returns large
-    blocks to the system at once, so the resident size follows the live tensors)."""
+def measure_in_subprocess(config: str, overrides: list[str], batch: int, classes: int,
+                          checkpoint_every: list[int]) -> list[dict]:
+    """Run :func:`vitlab.train.plan.measure_first_step` once per ``checkpoint_every`` value, in that order, in a
+    fresh process (a clean heap; malloc returns large blocks to the system at once, so the resident size follows
+    the live tensors). Several settings in one process measure less than fresh processes would (the heap keeps
+    some of the earlier step's memory): give one for a figure to trust."""
     code = (
         "import json, sys, torch; torch.set_num_threads(1)\n"
         "from vitlab.config import load_config\n"
         "from vitlab.train.plan import measure_first_step\n"
         "cfg = load_config(sys.argv[1], json.loads(sys.argv[2]))\n"
-        "print(json.dumps(measure_first_step(cfg, int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))))\n"
+        "print(json.dumps([measure_first_step(cfg, int(sys.argv[3]), int(sys.argv[4]), every)\n"
+        "                  for every in json.loads(sys.argv[5])]))\n"
     )
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536", OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-c", code, config, json.dumps(overrides), str(batch), str(classes),
-                             str(checkpoint_every)], capture_output=True, text=True, env=env, timeout=3600)
+                             json.dumps(checkpoint_every)], capture_output=True, text=True, env=env, timeout=3600)
     if result.returncode != 0:
         raise ConfigError(f"--measure: the measuring process failed: {result.stderr.strip().splitlines()[-1:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -129,8 +133,8 @@ def _measure(args, cfg, classes: int) -> int:
 
     arch = P.architecture(cfg, classes)
     rows = []
-    for every in (0, 1):
-        measured = measure_in_subprocess(args.config, args.overrides, args.measure, classes, every)
+    for every in (1, 0):  # a fresh process each: a step leaves the heap in another state for the next
+        measured = measure_in_subprocess(args.config, args.overrides, args.measure, classes, [every])[0]
         setup = P.Setup(strategy="ddp", gpus=1, precision="fp32", checkpoint_every=every, optimizer=cfg.optim.name,
                         momentum=cfg.optim.momentum > 0, explicit_attention=P.uses_explicit_attention(arch))
         predicted = P.memory(arch, setup, args.measure).first_step_growth
@@ -138,7 +142,7 @@ def _measure(args, cfg, classes: int) -> int:
         print(f"{arch.name} batch {args.measure}, checkpointing {'every block' if every else 'off'}: measured "
               f"{measured['growth_bytes'] / 2**20:.0f} MiB, model {predicted / 2**20:.0f} MiB "
               f"({predicted / measured['growth_bytes'] - 1:+.1%})")
-    saved = rows[0][1] - rows[1][1]
-    print(f"checkpointing saved {saved / 2**20:.0f} MiB of {rows[0][1] / 2**20:.0f} MiB ({saved / rows[0][1]:.0%}) "
+    saved = rows[1][1] - rows[0][1]
+    print(f"checkpointing saved {saved / 2**20:.0f} MiB of {rows[1][1] / 2**20:.0f} MiB ({saved / rows[1][1]:.0%}) "
           "of the step's peak growth (fp32, CPU, one process; the machine may be shared)")
     return 0
