@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   create .venv, install vitlab, get Fashion-MNIST, run the main job
-#   make test   the same set-up, then the whole test suite
+#   make test   the same set-up, then the import contracts and the whole test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -29,7 +29,9 @@ data: setup
 demo: data
 	$(BIN)/vitlab demo --out runs/demo
 
+# lint-imports checks the [tool.importlinter] contracts of pyproject.toml (layers, no cycles) before the tests.
 test: data
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-slow: data

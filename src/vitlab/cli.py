@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dedup": ("vitlab.data.commands_dedup", "find near-duplicates of test images in a pre-training source"),
     "study": ("vitlab.studies.commands", "the data-size (Figure 4) and scaling (Figure 5) studies"),
     "inspect": ("vitlab.inspect.commands", "attention rollout, attention distance, position similarity, filters"),
-    "convert": ("vitlab.interop.commands", "convert weights between vitlab, official .npz, timm and Hugging Face"),
+    "convert": ("vitlab.weights.commands_convert", "convert weights between vitlab, official .npz, timm and Hugging Face"),
     "plan": ("vitlab.train.commands_plan", "memory per GPU, micro-batch and time per epoch before launching"),
 }
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vitlab.data.images import DEFAULT_MAX_PIXELS, BadImage, CropFn, load_image
+from vitlab.data.images import DEFAULT_MAX_PIXELS, BadImage, CropFn, load_image, open_image
 from vitlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -166,8 +166,6 @@ class FileSource(Source):
             return
         if level not in ("header", "full"):
             raise ConfigError(f"verify={level!r}; expected 'none', 'header' or 'full'")
-        from vitlab.data.images import open_image
-
         keep: list[int] = []
         for i, path in enumerate(self.paths):
             try:

@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import replace
 
+from vitlab.data.dedup import DedupConfig, find_near_duplicates, write_report
+from vitlab.data.registry import get_source
 from vitlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -59,11 +62,6 @@ def _spec(text: str, default_split: str) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from vitlab.data.dedup import DedupConfig, find_near_duplicates, write_report
-    from vitlab.data.sources import get_source
-
     config = DedupConfig()
     overrides = {k: v for k, v in (("max_hamming", args.max_hamming), ("min_correlation", args.min_correlation),
                                    ("max_shift", args.max_shift)) if v is not None}

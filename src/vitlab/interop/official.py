@@ -13,28 +13,19 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
 
 from vitlab.errors import CheckpointError
-from vitlab.models.vit import hybrid_stride
+from vitlab.interop.keymap import KeyMap
+from vitlab.interop.official_resnet import bit_config_from_npz, bit_rows, hybrid_fields_from_npz, hybrid_rows
+from vitlab.models.layers import hybrid_stride
+from vitlab.models.registry import build_from_config, create_model
 from vitlab.models.weights import atomic_write, load_weights, model_family
 
 PREFIXES = ("", "opt/target/", "params/")  # where training code of different eras nested the parameters
-
-
-@dataclass(frozen=True)
-class KeyMap:
-    """One row of the table: official key <-> our key, with the layout that converts the array."""
-
-    official: str
-    ours: str
-    layout: str  # one of LAYOUTS
-    part: int | None = None  # for the fused qkv: 0 = query, 1 = key, 2 = value
-    heads: int = 1
 
 
 def _to_torch(layout: str, array: np.ndarray, heads: int) -> np.ndarray:
@@ -112,8 +103,6 @@ def _vit_rows(model: nn.Module) -> list[KeyMap]:
     if cfg.num_classes:
         rows += [KeyMap("head/kernel", "head.weight", "dense"), KeyMap("head/bias", "head.bias", "same")]
     if cfg.is_hybrid:
-        from vitlab.interop.official_resnet import hybrid_rows
-
         rows += hybrid_rows(model)
     return rows
 
@@ -124,8 +113,6 @@ def key_table(model: nn.Module) -> list[KeyMap]:
     if family == "vit":
         return _vit_rows(model)
     if family == "bit":
-        from vitlab.interop.official_resnet import bit_rows
-
         return bit_rows(model)
     raise CheckpointError(f"no official .npz layout for model family {family!r}")
 
@@ -140,7 +127,7 @@ def state_dict_from_npz(model: nn.Module, arrays: dict[str, np.ndarray], source:
     used = {row.official for row in rows}
     extra = sorted(key for key in arrays if key not in used)
     if extra:
-        hint = " (a pre-training checkpoint: use load_for_finetune to drop pre_logits/head)" if any(
+        hint = " (a pre-training checkpoint: use vitlab.weights.resolve(path).build(num_classes=K) to drop pre_logits/head)" if any(
             k.startswith(("pre_logits", "head")) for k in extra) else ""
         raise CheckpointError(f"{source} has official key(s) the model does not use: {', '.join(extra[:6])}{hint}")
     parts: dict[str, list[tuple[int, np.ndarray]]] = {}
@@ -200,8 +187,6 @@ def save_npz(model: nn.Module, path: str | os.PathLike) -> None:
 def config_from_npz(arrays: dict[str, np.ndarray]) -> tuple[str, dict]:
     """Read a model's architecture off an official checkpoint's keys and shapes: ``(family, config fields)``."""
     if any(key.startswith("resnet/") for key in arrays) and "embedding/kernel" not in arrays:
-        from vitlab.interop.official_resnet import bit_config_from_npz
-
         return "bit", bit_config_from_npz(arrays)
     if "embedding/kernel" not in arrays:
         raise CheckpointError("not an official ViT or BiT checkpoint: no 'embedding/kernel' and no 'resnet/' keys")
@@ -222,8 +207,6 @@ def config_from_npz(arrays: dict[str, np.ndarray]) -> tuple[str, dict]:
     )
     stride = fields["patch_size"]
     if "conv_root/kernel" in arrays:
-        from vitlab.interop.official_resnet import hybrid_fields_from_npz
-
         fields.update(hybrid_fields_from_npz(arrays))  # stages, stem width, and in_chans from the ResNet's root conv
         stride *= hybrid_stride(fields["hybrid_layers"])
     pos_key = "Transformer/posembed_input/pos_embedding"
@@ -239,8 +222,6 @@ def config_from_npz(arrays: dict[str, np.ndarray]) -> tuple[str, dict]:
 
 def load_npz_any(path: str | os.PathLike, model_name: str | None = None, **overrides) -> nn.Module:
     """Build the model an official checkpoint describes (or ``model_name`` when given) and load it."""
-    from vitlab.models.registry import build_from_config, create_model
-
     arrays = read_npz(path)
     family, fields = config_from_npz(arrays)
     fields.update(overrides)

@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from vitlab.errors import CheckpointError
-from vitlab.interop.official import KeyMap
+from vitlab.interop.keymap import KeyMap
 
 BIT_PREFIX = "resnet/"
 BIT_STEM_WIDTH = 64  # stem channels of BiT at width factor 1

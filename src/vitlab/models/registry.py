@@ -14,6 +14,8 @@ from typing import Any, Callable
 from torch import nn
 
 from vitlab.errors import ConfigError
+from vitlab.models.resnet import BiTConfig, ResNetV2
+from vitlab.models.vit import ViTConfig, VisionTransformer
 
 # Table 1: (layers, hidden size D, MLP size, heads). Ti and S are the DeiT widths used for small images.
 VIT_SIZES: dict[str, dict[str, int]] = {
@@ -81,14 +83,10 @@ def model_spec(name: str) -> tuple[str, dict[str, Any]]:
 
 
 def _family(family: str) -> tuple[type, Callable[[Any], nn.Module]]:
-    """The config class and constructor of a family (imported lazily: BiT and hybrids are separate modules)."""
+    """The config class and constructor of a family."""
     if family == "vit":
-        from vitlab.models.vit import ViTConfig, VisionTransformer
-
         return ViTConfig, VisionTransformer
     if family == "bit":
-        from vitlab.models.resnet import BiTConfig, ResNetV2
-
         return BiTConfig, ResNetV2
     raise ConfigError(f"unknown model family {family!r}; expected 'vit' or 'bit'")
 

@@ -1,6 +1,7 @@
 """``vitlab eval CHECKPOINT --dataset NAME [--split test] [--img-size N] [-o key=value ...] [--out DIR]``.
 
-CHECKPOINT is a ``.safetensors`` written by vitlab or a run directory (its best checkpoint). Prints top-1
+CHECKPOINT is any weights reference (:func:`vitlab.weights.resolve`: a ``.safetensors``, a run directory, an
+official ``.npz``, ``timm:NAME``, ``hf:NAME``). Prints top-1
 accuracy; with ``--out`` also writes ``DIR/eval.json``. ``-o key=value`` passes a data-source option
 (e.g. ``-o root=/data/pets``).
 """
@@ -13,12 +14,13 @@ from pathlib import Path
 
 from vitlab.config import parse_overrides
 from vitlab.errors import ConfigError
+from vitlab.train.evaluation import evaluate_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a .safetensors file or a run directory")
+    parser.add_argument("checkpoint", help="weights: .safetensors, run directory, official .npz, timm:NAME[@FILE] or hf:NAME")
     parser.add_argument("--dataset", required=True, help="a vitlab.data source (fashion_mnist, digits, ...)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--img-size", type=int, default=None, help="evaluate at this resolution")
@@ -30,8 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.train.evaluation import evaluate_checkpoint
-
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size={args.batch_size}: expected a positive integer")
     options = dict(parse_overrides(args.options))

@@ -19,6 +19,7 @@ import sys
 
 from vitlab.config import load_config
 from vitlab.errors import ConfigError
+from vitlab.train import plan as P
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.train import plan as P
-
     cfg = load_config(args.config, args.overrides)
     images, classes = P.dataset_facts(args.config, cfg)
     classes = args.classes or classes or 1000
@@ -129,8 +128,6 @@ def measure_in_subprocess(config: str, overrides: list[str], batch: int, classes
 
 
 def _measure(args, cfg, classes: int) -> int:
-    from vitlab.train import plan as P
-
     arch = P.architecture(cfg, classes)
     rows = []
     for every in (1, 0):  # a fresh process each: a step leaves the heap in another state for the next

@@ -36,14 +36,16 @@ from torch import nn
 
 from vitlab.config import RunConfig, load_config
 from vitlab.errors import CheckpointError, ConfigError, VitlabError
+from vitlab.models.specs import check_against_checkpoint, run_label, spec_of_model, split_structure
 from vitlab.progress import Progress, results_table
 from vitlab.train import distributed as dist_utils
 from vitlab.train.checkpoint import CheckpointDir, Loaded
 from vitlab.train.checkpoint_dist import ShardedCheckpoints
-from vitlab.train.evaluation import accuracy, autocast, objective_accuracy, resolve_weights
+from vitlab.train.evaluation import accuracy, autocast, objective_accuracy
 from vitlab.train.objectives import Objective, build_objective
 from vitlab.train.optim import EMA, Schedule, build_optimizer, set_lr
 from vitlab.train.rundir import RunDir
+from vitlab.weights import resolve
 
 log = logging.getLogger(__name__)
 
@@ -249,30 +251,15 @@ class Trainer:
     def _init_in_chans(self) -> int | None:
         """The channels a pre-trained start expects (grey data is repeated to 3 channels for an RGB model)."""
         init_from = self.cfg.model.init_from
-        if not init_from:
-            return None
-        if init_from.startswith("timm:") or init_from.endswith(".npz"):
-            return 3
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(resolve_weights(init_from)), framework="pt") as handle:
-                fields = json.loads((handle.metadata() or {}).get("vitlab.config", "{}"))
-        except Exception:  # unreadable here: load_pretrained reports it with the file name
-            return None
-        return fields.get("in_chans")
+        return resolve(init_from, model_name=self.cfg.model.name).in_chans if init_from else None
 
     def _model_default_img_size(self) -> int:
         from vitlab.models.registry import create_model
 
         if self.cfg.model.init_from and self.cfg.model.name is None:
-            import vitlab
-
-            with torch.device("meta"):
-                model = vitlab.load_model(resolve_weights(self.cfg.model.init_from))
-        else:
-            with torch.device("meta"):
-                model = create_model(self.cfg.model.name, **self.cfg.model.overrides)
+            return resolve(self.cfg.model.init_from).img_size[0]
+        with torch.device("meta"):
+            model = create_model(self.cfg.model.name, **self.cfg.model.overrides)
         size = model.config.img_size
         return int(size[0] if isinstance(size, (tuple, list)) else size)
 
@@ -281,8 +268,11 @@ class Trainer:
 
         cfg = self.cfg.model
         if cfg.init_from:
-            model = load_pretrained(cfg.init_from, name=cfg.name, num_classes=plan.num_classes,
-                                    img_size=plan.img_size, overrides=cfg.overrides)
+            # The checkpoint carries the architecture; a model.name must agree with it (never a label that lies).
+            shape, others = split_structure(cfg.overrides)
+            model = resolve(cfg.init_from).build(  # Section 3.2's transfer start
+                num_classes=plan.num_classes, img_size=plan.img_size, **others)
+            check_against_checkpoint(cfg.name, shape, spec_of_model(model), cfg.init_from)
             in_chans = getattr(model.config, "in_chans", plan.in_chans)
             if in_chans != plan.in_chans:
                 raise ConfigError(
@@ -377,8 +367,9 @@ class Trainer:
                             enabled=env.is_main)
         if env.is_main:
             n_params = sum(p.numel() for p in model.parameters())
+            name = run_label(cfg.model.name, spec_of_model(model), cfg.model.init_from)
             progress.message(
-                f"{self.label}: {cfg.model.name or cfg.model.init_from} ({n_params / 1e6:.2f}M parameters) on "
+                f"{self.label}: {name} ({n_params / 1e6:.2f}M parameters) on "
                 f"{cfg.data.dataset} ({plan.train_size} images, {plan.num_classes} classes, {plan.img_size} px), "
                 f"{total_steps} steps of batch {cfg.train.batch_size} = {self.accum} x {self.micro} x "
                 f"{env.world_size} process(es), {self.precision.name} on {env.device}"
@@ -660,9 +651,11 @@ class Trainer:
         self.run_dir.write_bad_files(bad_files)  # file sources may find broken images only while training
         images = state["step"] * cfg.train.batch_size
         state["wall_seconds"] = self._wall()
+        spec = spec_of_model(model)
         summary = {
             "task": cfg.task,
-            "model": cfg.model.name or str(cfg.model.init_from),
+            "model": run_label(cfg.model.name, spec, cfg.model.init_from),
+            "model_spec": spec.model_dump(mode="json"),  # the network that ran: family and every field
             "dataset": cfg.data.dataset,
             "steps": state["step"],
             "wall_seconds": round(state["wall_seconds"], 2),
@@ -692,46 +685,6 @@ class Trainer:
             rows.append(("run directory", str(self.run_dir.root)))
             progress.message(results_table(rows, title=f"{self.label} results"))
         return summary
-
-
-def load_pretrained(init_from: str, *, name: str | None, num_classes: int, img_size: int,
-                    overrides: dict[str, Any]) -> nn.Module:
-    """The fine-tuning start (Section 3.2): pre-trained backbone, no pre-logits, zero-init head, new resolution.
-
-    ``init_from``: our ``.safetensors`` (or a run directory), an official ``.npz``, or ``timm:NAME[@FILE]`` for
-    a timm model (``FILE``: local timm weights; otherwise timm's own cache / download).
-    """
-    from vitlab.models.weights import load_for_finetune
-
-    if init_from.startswith("timm:"):
-        path = _timm_to_safetensors(init_from[len("timm:"):])
-        return load_for_finetune(path, num_classes=num_classes, img_size=img_size, **overrides)
-    path = resolve_weights(init_from)
-    return load_for_finetune(path, num_classes=num_classes, img_size=img_size, model=name if path.suffix == ".npz"
-                             else None, **overrides)
-
-
-def _timm_to_safetensors(spec: str) -> Path:
-    """Convert a timm model's weights to our format in a temporary file (cached per process)."""
-    import tempfile
-
-    import timm
-
-    import vitlab
-    from vitlab.interop.timm import from_timm
-
-    name, _, file = spec.partition("@")
-    kwargs: dict[str, Any] = {"pretrained": True, "num_classes": 0}  # the head is replaced anyway
-    if file:
-        kwargs["pretrained_cfg_overlay"] = {"file": file}
-    try:
-        timm_model = timm.create_model(name, **kwargs)
-    except Exception as error:  # timm raises RuntimeError / HF hub errors when weights cannot be found
-        raise CheckpointError(f"model.init_from=timm:{spec}: timm could not load it ({error})") from None
-    ours = from_timm(timm_model)
-    path = Path(tempfile.mkdtemp(prefix="vitlab-timm-")) / f"{name}.safetensors"
-    vitlab.save_model(ours, path)
-    return path
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -5,7 +5,7 @@ embedding of a random other patch, 10% left unchanged — and the model predicts
 colour quantised to 3 bits per channel (512 classes for RGB) from the encoded token at that position.
 
 The model carries the two extra parts (``ViTConfig.mpp_classes``: ``mask_token`` and ``mpp_head``), so the optimiser,
-checkpoints and resume treat them like any other parameter; ``load_for_finetune`` drops them. Randomness comes from
+checkpoints and resume treat them like any other parameter; the fine-tuning start (``vitlab.weights.resolve(ref).build(num_classes=K)``) drops them. Randomness comes from
 torch's global generator, which the engine seeds and checkpoints, so a resumed run corrupts the same patches.
 """
 from __future__ import annotations

@@ -40,8 +40,11 @@ from torch import nn
 
 from vitlab.config import RunConfig
 from vitlab.errors import ConfigError
+from vitlab.models import kernels
 from vitlab.models.flops import count_model_macs
 from vitlab.models.registry import create_model
+from vitlab.train.objectives import Supervised
+from vitlab.train.optim import build_optimizer
 
 GIB = 2**30
 
@@ -167,8 +170,6 @@ class Memory:
 
 def uses_explicit_attention(arch: Architecture) -> bool:
     """Whether fp32 attention on a CPU takes the explicit product (see ``vitlab.models.kernels.attention``)."""
-    from vitlab.models import kernels
-
     return arch.tokens <= kernels.EXPLICIT_ATTENTION_MAX_KEYS
 
 
@@ -291,9 +292,6 @@ def measure_first_step(cfg: RunConfig, batch: int, classes: int, checkpoint_ever
 
     Run it in a fresh process with ``MALLOC_MMAP_THRESHOLD_`` set (``vitlab plan --measure`` does), so freed
     tensors go back to the system and the resident size follows the live tensors."""
-    from vitlab.train.objectives import Supervised
-    from vitlab.train.optim import build_optimizer
-
     img, chans = cfg.data.img_size or 224, cfg.data.in_chans or 3
     torch.manual_seed(0)
     model = create_model(cfg.model.name, num_classes=classes, img_size=img, in_chans=chans, **cfg.model.overrides)
