@@ -83,7 +83,7 @@ class ShardedCheckpoints:
             dcp.save(training_state(model, optimizer), checkpoint_id=str(target))
         barrier(self.env)
         if self.env.is_main:
-            atomic_write(target / STATE_FILE, lambda tmp: torch.save(dict(state, step=step), tmp))
+            _write_state(target / STATE_FILE, dict(state, step=step))
             for _, old in self.steps()[KEEP:]:
                 shutil.rmtree(old, ignore_errors=True)
         barrier(self.env)
@@ -95,7 +95,7 @@ class ShardedCheckpoints:
         skipped = []
         for step, path in self.steps():
             try:
-                state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+                state = _read_state(path / STATE_FILE)
                 if not isinstance(state, dict) or state.get("step") != step or not (path / ".metadata").exists():
                     raise ValueError("not a complete vitlab sharded checkpoint")
             except FileNotFoundError:
@@ -121,6 +121,15 @@ class ShardedCheckpoints:
             raise CheckpointError(f"{path}: does not fit this run's model or optimiser ({error})") from None
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
+
+
+# The small state is stored as train/checkpoint.py stores its own (one place to change when that format changes).
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 @contextlib.contextmanager
