@@ -25,3 +25,7 @@ class CheckpointError(VitlabError):
 
 class DataError(VitlabError):
     """A dataset file is missing, corrupt, or holds values out of range."""
+
+
+class DownloadError(VitlabError):
+    """A download failed: unreachable server, a changed or tampered file (SHA-256), a URL that names no file."""

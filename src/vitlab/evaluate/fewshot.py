@@ -318,7 +318,11 @@ def fewshot_evaluate(model: nn.Module, train_source: Any, test_source: Any, *,
     def features(source: Any, indices: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         stream = build_stream(source, batch_size=batch_size, train=False, img_size=size, in_chans=chans,
                               indices=None if indices is None else indices.tolist())
-        return extract_features(model, stream, representation_name=representation_name, device=device)
+        found = extract_features(model, stream, representation_name=representation_name, device=device)
+        if stream.dropped and source is train_source:  # evaluation streams leave bad images out, never replace
+            raise DataError(f"{getattr(source, 'name', 'train source')}: {stream.dropped} unreadable image(s) in the "
+                            "few-shot pool; pass verify='full' to drop bad files from the source up front")
+        return found
 
     pool = torch.arange(len(train_labels))
     dev_feats = dev_labels = None

@@ -23,8 +23,40 @@ from vitlab.models.registry import build_from_config
 
 FORMAT_KEY = "vitlab.format"
 FORMAT_VERSION = "1"
-CLASSES_KEY = "vitlab.classes"
-PREPROCESSING_KEY = "vitlab.preprocessing"
+# What inference needs besides the weights, kept in the metadata so that prediction needs no config. Files
+# written before these keys existed simply lack them; readers fall back to the model's config.
+CLASSES_KEY = "vitlab.classes"  # JSON list of class names, index = logit
+PREPROCESSING_KEY = "vitlab.preprocessing"  # JSON object, see vitlab.data.transforms.eval_preprocessing
+INFERENCE_ATTR = "inference_meta"  # the model attribute that carries {"classes": [...], "preprocessing": {...}}
+
+
+def inference_meta(model: nn.Module) -> dict[str, Any]:
+    """``{"classes": [...], "preprocessing": {...}}`` attached to ``model`` (empty when none is)."""
+    return dict(getattr(model, INFERENCE_ATTR, None) or {})
+
+
+def set_inference_meta(model: nn.Module, *, classes: Sequence[str] | None = None,
+                       preprocessing: Mapping[str, Any] | None = None) -> nn.Module:
+    """Attach class names and preprocessing to ``model``; :func:`save_model` writes them into the file."""
+    meta = inference_meta(model)
+    if classes is not None:
+        meta["classes"] = [str(c) for c in classes]
+    if preprocessing is not None:
+        meta["preprocessing"] = dict(preprocessing)
+    setattr(model, INFERENCE_ATTR, meta)
+    return model
+
+
+def read_inference_meta(metadata: Mapping[str, str], source: str = "checkpoint") -> dict[str, Any]:
+    """The inference metadata of a safetensors header (keys absent in older files are left out)."""
+    meta: dict[str, Any] = {}
+    for key, name in ((CLASSES_KEY, "classes"), (PREPROCESSING_KEY, "preprocessing")):
+        if key in metadata:
+            try:
+                meta[name] = json.loads(metadata[key])
+            except ValueError as error:
+                raise CheckpointError(f"{source}: metadata {key} is not valid JSON ({error})") from None
+    return meta
 
 
 def model_family(model: nn.Module) -> str:
@@ -65,13 +97,16 @@ def save_model(
 
     ``classes`` (the names behind the head's outputs) and ``preprocessing`` (mean, std, interpolation of the
     weights' training data) are stored when known, so that ``vitlab.weights.resolve`` can report them without
-    the data set.
+    the data set; by default they are what :func:`set_inference_meta` attached to the model.
     """
     metadata = {
         FORMAT_KEY: FORMAT_VERSION,
         "vitlab.family": model_family(model),
         "vitlab.config": json.dumps(config_dict(model)),
     }
+    meta = inference_meta(model)
+    classes = meta.get("classes") if classes is None else classes
+    preprocessing = meta.get("preprocessing") if preprocessing is None else preprocessing
     if classes is not None:
         metadata[CLASSES_KEY] = json.dumps([str(name) for name in classes])
     if preprocessing is not None:
@@ -115,6 +150,9 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     fields.update(overrides)
     model = build_from_config(metadata["vitlab.family"], fields)
     load_weights(model, state, source=str(path))
+    meta = read_inference_meta(metadata, str(path))
+    if meta:
+        setattr(model, INFERENCE_ATTR, meta)
     return model
 
 

@@ -13,7 +13,7 @@ from vitlab.studies.study import load_study, run_study
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", help="a study preset (data-size-fmnist, scaling-fmnist) or a YAML file")
     parser.add_argument("overrides", nargs="*", help="top-level study keys, e.g. sizes=[1000,5000] base=fmnist-vit-tiny")
-    parser.add_argument("--out", required=True, help="study directory (runs/, study.md, study.csv, study.png)")
+    parser.add_argument("--out", required=True, help="study directory (runs/, study.md, study.csv, study.png + .svg, report.html)")
     parser.add_argument("--fresh", action="store_true", help="retrain points that already finished")
 
 
@@ -27,5 +27,5 @@ def run(args: argparse.Namespace) -> int:
     study = load_study(args.study, overrides)
     points = run_study(study, args.out, resume=not args.fresh)
     print(markdown_table(study, points))
-    print(f"\nwrote {args.out}/study.md, study.csv, study.json, study.png")
+    print(f"\nwrote {args.out}/study.md, study.csv, study.json, study.png, study.svg, report.html")
     return 0

@@ -141,4 +141,5 @@ def evaluate_checkpoint(
         "accuracy": result["accuracy"],
         "loss": result["loss"],
         "num_examples": result["count"],
+        "skipped_images": stream.dropped,  # unreadable with on_bad_image=skip: left out, never replaced
     }

@@ -13,6 +13,8 @@ FILE.npz          ``npz``: an official checkpoint; the architecture is read off 
 timm:NAME[@FILE]  ``timm``: timm's weights for NAME (timm's download / cache, or the local FILE), converted
                   once into vitlab's cache (:mod:`vitlab.weights.cache`) and reused
 hf:NAME           ``hf``: a Hugging Face ViT (hub id or local directory), converted in memory
+pretrained:M.TAG  ``pretrained``: a published checkpoint of the catalogue (``vitlab weights``), downloaded once
+http(s)://, file://  ``url``: any weights file at a URL, downloaded once (:mod:`vitlab.weights.download`)
 ==============  ===================================================================================
 
 Adding a kind (``pretrained:NAME.TAG``, URLs): give :func:`kind_of` its prefix in ``PREFIX_KINDS`` and
@@ -41,11 +43,13 @@ from vitlab.models.registry import build_from_config, create_model
 from vitlab.models.weights import (CLASSES_KEY, PREPROCESSING_KEY, config_dict, load_weights, model_family,
                                    read_metadata, read_safetensors, save_model)
 from vitlab.weights.cache import cached_file, file_sha256
+from vitlab.weights.remote import PRETRAINED_PREFIX, URL_PREFIXES, fetch_reference
 
 RUN_DIR_CANDIDATES = ("checkpoints/best.safetensors", "checkpoints/last.safetensors", "best.safetensors")
 # Keys of a model that belong to pre-training only: the transfer set-up (Section 3.2) replaces or drops them.
 PRETRAINING_ONLY = ("head.", "pre_logits.", "fc.", "mpp_head.", "mask_token")
-KNOWN = "a .safetensors file, a run directory, an official .npz, timm:NAME[@FILE] or hf:NAME"
+KNOWN = ("a .safetensors file, a run directory, an official .npz, timm:NAME[@FILE], hf:NAME, pretrained:MODEL.TAG "
+         "or an http(s):// / file:// URL")
 
 Ref = Union[str, "os.PathLike[str]"]
 
@@ -55,7 +59,7 @@ class WeightsRef:
     """What a reference points at, known before the weights are read; :meth:`build` makes the model."""
 
     ref: str  # as the user wrote it
-    kind: str  # "safetensors" | "run_dir" | "npz" | "timm" | "hf" (see the module docstring)
+    kind: str  # "safetensors" | "run_dir" | "npz" | "timm" | "hf" | "pretrained" | "url" (see the module docstring)
     family: str  # "vit" | "bit"
     config: Mapping[str, Any]  # the model's full config fields: the spec that rebuilds it
     path: Path | None = None  # the local file holding the weights (None for a model converted in memory)
@@ -200,13 +204,22 @@ def _resolve_hf(ref: str, model_name: str | None) -> WeightsRef:
                       _hf_preprocessing(source, config) or _default_preprocessing(config), load)
 
 
-PREFIX_KINDS: dict[str, str] = {"timm:": "timm", "hf:": "hf"}
+def _resolve_remote(ref: str, model_name: str | None) -> WeightsRef:
+    """``pretrained:MODEL.TAG`` and URLs: fetched once into the download cache, then read as the local file."""
+    path, entry = fetch_reference(ref)
+    return resolve_file(path, ref, model_name, "pretrained" if entry is not None else "url")
+
+
+PREFIX_KINDS: dict[str, str] = {"timm:": "timm", "hf:": "hf", PRETRAINED_PREFIX: "pretrained",
+                                **{prefix: "url" for prefix in URL_PREFIXES}}
 RESOLVERS: dict[str, Callable[[str, str | None], WeightsRef]] = {
     "safetensors": _resolve_safetensors,
     "run_dir": _resolve_run_dir,
     "npz": _resolve_npz,
     "timm": _resolve_timm,
     "hf": _resolve_hf,
+    "pretrained": _resolve_remote,
+    "url": _resolve_remote,
 }
 
 
