@@ -251,6 +251,11 @@ def build_ours(spec: dict, *, gelu: str = "exact", like: Optional[torch.nn.Modul
     return model
 
 
+def cls_only_forward(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``images -> logits`` with the last block for the class token only (what the classification objective asks)."""
+    return lambda images: model(images, last_block_cls_only=True)
+
+
 def build_hf(spec: dict) -> torch.nn.Module:
     """Hugging Face ViTForImageClassification with the spec's architecture and SDPA attention."""
     from transformers import ViTConfig, ViTForImageClassification
@@ -286,7 +291,7 @@ def train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tenso
     import torch.nn.functional as F
 
     model.train()
-    forward = (lambda x: model(x, last_block_cls_only=True)) if last_block_cls_only else forward_fn(model)
+    forward = cls_only_forward(model) if last_block_cls_only else forward_fn(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
 
     def step() -> None:

@@ -94,16 +94,41 @@ def test_attention_matches_sdpa_with_gradients(keys: int) -> None:
     assert relative_error(F.scaled_dot_product_attention(q[:, :, :1], k, v), kernels.attention(q[:, :, :1], k, v)) < 1e-5
 
 
-def test_attention_kernel_choice_and_dropout() -> None:
+def test_attention_kernel_choice_and_dropout(monkeypatch) -> None:
     q = k = v = torch.randn(2, 2, 17, 8)
     assert kernels.uses_explicit_attention(q, k)
     assert not kernels.uses_explicit_attention(q.double(), k.double())  # fp32 only: SDPA elsewhere
+    monkeypatch.setattr(kernels, "_NATIVE_BF16", False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not kernels.uses_explicit_attention(q, k)  # bf16 products go through SDPA, not the reference GEMM
+    assert not kernels.uses_explicit_attention(q.bfloat16(), k.bfloat16())
+    monkeypatch.setattr(kernels, "_NATIVE_BF16", True)  # oneDNN's bf16: explicit up to the longer bf16 threshold
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert kernels.uses_explicit_attention(q, k)
+    long = torch.randn(1, 1, kernels.EXPLICIT_ATTENTION_MAX_KEYS_BF16 + 1, 8).bfloat16()
+    assert kernels.uses_explicit_attention(long[:, :, :197], long[:, :, :197])
+    assert not kernels.uses_explicit_attention(long, long)
     dropped = kernels.attention(q, k, torch.ones_like(v), dropout_p=0.5)
     # Each output is a sum of kept probabilities scaled by 2: not 1 everywhere once some are dropped.
     assert not torch.allclose(dropped, torch.ones_like(dropped))
     assert torch.allclose(kernels.attention(q, k, torch.ones_like(v)), torch.ones(2, 2, 17, 8))
+
+
+@pytest.mark.skipif(not kernels.cpu_has_native_bf16(), reason="the explicit bf16 path runs on CPUs with native bf16")
+def test_bf16_explicit_attention_matches_sdpa_under_autocast() -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 197, 32, requires_grad=True) for _ in range(3))
+    grad = torch.randn(3, 4, 197, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert kernels.uses_explicit_attention(q, k)
+        ours = kernels.attention(q, k, v)
+    assert ours.dtype == torch.bfloat16
+    ours_grads = torch.autograd.grad(ours.float(), (q, k, v), grad)
+    reference = F.scaled_dot_product_attention(q, k, v)  # fp32 SDPA: the exact answer
+    reference_grads = torch.autograd.grad(reference, (q, k, v), grad)
+    assert relative_error(reference, ours.float()) < 2e-2
+    for got, want in zip(ours_grads, reference_grads):
+        assert relative_error(want, got) < 3e-2
 
 
 def test_patch_embedding_as_matrix_product_equals_the_conv() -> None:

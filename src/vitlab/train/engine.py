@@ -45,7 +45,7 @@ from vitlab.train.hooks import Every, Reading, StepMeter, StopHook
 from vitlab.train.model_init import build_model, default_img_size, init_in_chans
 from vitlab.train.objectives import Objective, build_objective
 from vitlab.train.optim import EMA, Schedule, build_optimizer, set_lr
-from vitlab.train.precision import resolve_precision
+from vitlab.train.precision import Precision, ProbeInput, resolve_precision
 from vitlab.train.resume import RunCheckpoints, check_run_dir
 from vitlab.train.rundir import RunDir
 from vitlab.train.state import StopRequest, TrainState, rng_state, seed_everything, set_rng_state
@@ -89,7 +89,7 @@ class Trainer:
         self.ckpt = CheckpointDir(self.run_dir.checkpoints)
         self.objective = objective or build_objective(cfg.train.loss, cfg.train.label_smoothing,
                                                       cfg.train.objective)
-        self.precision = resolve_precision(cfg.train.precision, self.env.device)
+        self.precision: Precision  # resolved once the model exists (precision=auto may time it)
         self.micro = cfg.micro_batch_size(self.env.world_size)
         self.accum = cfg.accumulation_steps(self.env.world_size)
         sharded = (ShardedCheckpoints(self.run_dir.checkpoints / "sharded", self.env)
@@ -139,6 +139,8 @@ class Trainer:
                             in_chans=plan.in_chans, img_size=plan.img_size, classes=plan.classes,
                             source_channels=plan.source_channels).to(env.device)
         dist_utils.set_activation_checkpointing(model, cfg.train.activation_checkpointing)
+        self.precision = resolve_precision(cfg.train.precision, env.device, ProbeInput(
+            model, self.micro, plan.in_chans, plan.img_size, plan.num_classes))
         ema = EMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         scaler = torch.amp.GradScaler(env.device.type, enabled=self.precision.scaler)
         seed_everything(cfg.seed * 7919 + 1 + env.rank)  # dropout / stochastic depth: a stream per rank
