@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("vitlab.weights.commands", "list the published checkpoints (pretrained:MODEL.TAG) and fetch them"),
     "predict": ("vitlab.predict.commands", "top-k classes of image files from a checkpoint or an .onnx"),
     "export": ("vitlab.predict.commands_export", "export a checkpoint to ONNX (checked against onnxruntime)"),
+    "plan": ("vitlab.train.commands_plan", "memory per GPU, micro-batch and time per epoch before launching"),
 }
 
 
