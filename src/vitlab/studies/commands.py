@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import yaml
 
 from vitlab.errors import ConfigError
 from vitlab.studies.claims import study_claims
 from vitlab.studies.results import claims_table, variant_table
-from vitlab.studies.runner import run_study
+from vitlab.studies.runner import StudyInterrupted, run_study
 from vitlab.studies.study import describe_presets, load_study
 
 
@@ -39,7 +40,11 @@ def run(args: argparse.Namespace) -> int:
         key, value = item.split("=", 1)
         overrides[key] = yaml.safe_load(value)
     study = load_study(args.study, overrides, quick=args.quick)
-    points = run_study(study, args.out, resume=not args.fresh)
+    try:
+        points = run_study(study, args.out, resume=not args.fresh)
+    except StudyInterrupted as stopped:
+        print(f"vitlab study: {stopped}", file=sys.stderr)
+        return 1
     print(variant_table(points))
     print()
     print(claims_table(study_claims(study, points)))

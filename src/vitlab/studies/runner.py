@@ -32,6 +32,17 @@ from vitlab.train import finetune, pretrain
 log = logging.getLogger(__name__)
 
 
+class StudyInterrupted(RuntimeError):
+    """A run of the study stopped on a signal (its checkpoint is saved): the study stops too, and resumes when it
+    is run again."""
+
+
+def _finished(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    if summary.get("interrupted"):
+        raise StudyInterrupted(f"{run_dir} was stopped; run the study again to resume it")
+    return summary
+
+
 @dataclass
 class Point:
     """One trained model of a study and what it measured."""
@@ -112,7 +123,7 @@ def run_point(study: Study, label: str, variant: Variant, value: Any, seed: int,
     fewshot: dict[str, float] = {}
     model, checkpoint, steps, pretrain_accuracy = None, None, 0, None
     if variant.pretrain:
-        summary = pretrain(cfg, run_dir / "pretrain", resume=resume)
+        summary = _finished(pretrain(cfg, run_dir / "pretrain", resume=resume), run_dir / "pretrain")
         checkpoint = run_dir / "pretrain" / "checkpoints" / "last.safetensors"
         model = load_model(checkpoint).eval()
         steps = int(summary.get("steps", cfg.train.steps or 0))
@@ -167,7 +178,7 @@ def finetune_accuracy(study: Study, pretrain_cfg: RunConfig, checkpoint: Optiona
     else:
         model_fields = {f"model.{key}": value for key, value in pretrain_cfg.model.overrides.items()}
         cfg = cfg.override({"model.name": pretrain_cfg.model.name, "model.init_from": None, **model_fields})
-    summary = finetune(cfg, out, resume=resume, sweep={})
+    summary = _finished(finetune(cfg, out, resume=resume, sweep={}), out)
     return float(summary["metrics"]["test_accuracy"])
 
 
