@@ -248,17 +248,12 @@ def build_ours(spec: dict, *, gelu: str = "exact", like: Optional[torch.nn.Modul
         from vitlab.interop.timm import from_timm
 
         model.load_state_dict(from_timm(like).state_dict())
-    if hasattr(model, "set_last_block_pruning"):  # a model face that prunes by default: the full pass here
-        model.set_last_block_pruning(False)
     return model
 
 
 def cls_only_forward(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``images -> logits`` with the last block for the class token only, whichever model face is installed."""
-    if getattr(model, "offers_last_block_cls_only", False):
-        return lambda images: model(images, last_block_cls_only=True)
-    model.set_last_block_pruning(True)  # the older face: a switch on the model
-    return model
+    """``images -> logits`` with the last block for the class token only (what the classification objective asks)."""
+    return lambda images: model(images, last_block_cls_only=True)
 
 
 def build_hf(spec: dict) -> torch.nn.Module:
@@ -345,9 +340,5 @@ def model_flops(spec: dict, *, train: bool) -> dict[str, float]:
         size = spec["img_size"] if not isinstance(spec["img_size"], int) else (spec["img_size"],) * 2
         images = torch.empty(1, spec["in_chans"], *size)
     for key, cls_only in (("architecture", False), ("cls_only", True)):
-        try:
-            macs = count_model_macs(model, images, last_block_cls_only=cls_only)
-        except TypeError:  # the older counter's name for the same switch
-            macs = count_model_macs(model, images, as_executed=cls_only)
-        out[key] = float(macs * factor)
+        out[key] = float(count_model_macs(model, images, last_block_cls_only=cls_only) * factor)
     return out

@@ -106,9 +106,11 @@ EXPLICIT_ATTENTION_MAX_KEYS = 64
 EXPLICIT_ATTENTION_MAX_KEYS_BF16 = 401
 
 
-def attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d))``: ``[..., Nq, Nk]`` for ``q [..., Nq, d]``, ``k [..., Nk, d]``."""
-    return torch.softmax(torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1)), dim=-1)
+def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + bias)``: ``[..., Nq, Nk]`` for ``q [..., Nq, d]``, ``k [..., Nk, d]``; ``bias``
+    (e.g. relative position logits) broadcasts to ``[..., Nq, Nk]``."""
+    logits = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+    return torch.softmax(logits if bias is None else logits + bias, dim=-1)
 
 
 def _compute_dtype(q: torch.Tensor) -> torch.dtype:
@@ -133,11 +135,13 @@ def uses_explicit_attention(q: torch.Tensor, k: torch.Tensor) -> bool:
     return False
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d)) v`` with dropout on the probabilities: SDPA, or the explicit product where faster."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
+              bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + bias) v`` with dropout on the probabilities: SDPA, or the explicit product where
+    faster. ``bias`` is an additive float term on the logits (SDPA's float ``attn_mask``)."""
     if not uses_explicit_attention(q, k):
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    probs = attention_probs(q, k)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+    probs = attention_probs(q, k, bias)
     if dropout_p:
         probs = F.dropout(probs, dropout_p)
     return torch.matmul(probs, v)
