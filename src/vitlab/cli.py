@@ -13,9 +13,12 @@ import argparse
 import importlib
 import logging
 import sys
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Sequence
 
 from vitlab.errors import VitlabError
+from vitlab.outdir import OutputGuard
 
 # command name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,6 +35,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("vitlab.inspect.commands", "attention rollout, attention distance, position similarity, filters"),
     "convert": ("vitlab.interop.commands", "convert weights between vitlab, official .npz, timm and Hugging Face"),
 }
+
+# commands whose output is a file (its folder is guarded) rather than a folder: command -> argument
+OUTPUT_FILES: dict[str, str] = {"convert": "dest", "fewshot": "out"}
+
+
+def _output_guard(args: argparse.Namespace) -> OutputGuard | nullcontext:
+    """The guard of the command's output folder (created up front, cleaned when the start fails)."""
+    if args.command in OUTPUT_FILES:
+        target = getattr(args, OUTPUT_FILES[args.command], None)
+        if target:
+            return OutputGuard(Path(target).expanduser().parent, option="output folder")
+        return nullcontext()
+    out = getattr(args, "out", None)
+    return OutputGuard(out) if out else nullcontext()
 
 
 def _import_command(module_name: str):
@@ -69,13 +86,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vitlab: command {args.command!r} is not available in this build", file=sys.stderr)
         return 2
     try:
-        return int(module.run(args) or 0)
+        with _output_guard(args):
+            return int(module.run(args) or 0)
     except VitlabError as error:
         print(f"vitlab {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the file system said no (permission, disk full, not a directory): not a bug
+        print(f"vitlab {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vitlab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(error: OSError) -> str:
+    where = f"{error.filename}: " if error.filename else ""
+    return (where + (error.strerror or str(error))).replace("\n", " ")
 
 
 def _parser_for(command: str | None) -> argparse.ArgumentParser:

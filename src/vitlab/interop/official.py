@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -161,11 +163,14 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # numpy would try it as a pickle and advise allow_pickle: never for weights
+        raise CheckpointError(f"{path}: not an .npz archive (truncated, corrupt or another format)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError) as error:
-        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({error})") from error
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: a corrupt or truncated .npz archive ({reason})") from None
     for prefix in PREFIXES[1:]:
         if any(key.startswith(prefix) for key in arrays):
             arrays = {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
@@ -197,8 +202,15 @@ def save_npz(model: nn.Module, path: str | os.PathLike) -> None:
     atomic_write(path, write)
 
 
-def config_from_npz(arrays: dict[str, np.ndarray]) -> tuple[str, dict]:
+def config_from_npz(arrays: dict[str, np.ndarray], source: str = "checkpoint") -> tuple[str, dict]:
     """Read a model's architecture off an official checkpoint's keys and shapes: ``(family, config fields)``."""
+    try:
+        return _config_from_npz(arrays)
+    except KeyError as error:
+        raise CheckpointError(f"{source}: incomplete official checkpoint, it lacks the key {error}") from None
+
+
+def _config_from_npz(arrays: dict[str, np.ndarray]) -> tuple[str, dict]:
     if any(key.startswith("resnet/") for key in arrays) and "embedding/kernel" not in arrays:
         from vitlab.interop.official_resnet import bit_config_from_npz
 
@@ -242,7 +254,7 @@ def load_npz_any(path: str | os.PathLike, model_name: str | None = None, **overr
     from vitlab.models.registry import build_from_config, create_model
 
     arrays = read_npz(path)
-    family, fields = config_from_npz(arrays)
+    family, fields = config_from_npz(arrays, str(path))
     fields.update(overrides)
     if model_name is not None:
         # The name fixes the architecture; the checkpoint still decides head, resolution and pooling.
