@@ -19,7 +19,7 @@ def test_a_run_writes_the_run_directory(tmp_path):
     cfg = tiny_config()
     summary = pretrain(cfg, tmp_path)
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.safetensors",
-                 "checkpoints/last.state.pt", "checkpoints/best.safetensors"):
+                 "checkpoints/last.state.safetensors", "checkpoints/best.safetensors"):
         assert (tmp_path / name).is_file(), name
     assert load_config(tmp_path / "config.yaml") == cfg  # the resolved config rebuilds the run
     on_disk = json.loads((tmp_path / "summary.json").read_text())

@@ -4,7 +4,7 @@
 
     RUN/config.yaml          the resolved config (load_config(RUN/config.yaml) rebuilds it exactly)
     RUN/metrics.jsonl        one JSON object per log step / evaluation: {"step": ..., "loss": ..., ...}
-    RUN/checkpoints/         last.safetensors + last.state.pt (resume), best.safetensors (evaluation weights)
+    RUN/checkpoints/         last.safetensors + last.state.safetensors (resume), best.safetensors (evaluation weights)
     RUN/summary.json         task, model, dataset, steps, wall_seconds, images_per_second, metrics{test_accuracy}
     RUN/bad_files.txt        images the source skipped, one "path<TAB>reason" a line (only when there are any)
     RUN/tensorboard/         TensorBoard event files (when tensorboard is installed)
