@@ -12,6 +12,7 @@ from vitlab.config import load_config
 from vitlab.errors import ConfigError
 from vitlab.train import TrainingDiverged, pretrain, run_training
 from vitlab.train.checkpoint import CheckpointDir
+from vitlab.train.statefile import load_state
 from vitlab.train.objectives import Supervised
 
 
@@ -55,7 +56,7 @@ def test_autocast_precisions_train_on_cpu(tmp_path, precision):
 
 def test_ema_weights_are_evaluated_and_saved_as_best(tmp_path):
     summary = run_training(tiny_config(train={"ema_decay": 0.9}), tmp_path)
-    state = torch.load(tmp_path / "checkpoints" / "last.state.pt", weights_only=False)
+    state = load_state(tmp_path / "checkpoints" / "last.state.safetensors")
     shadow = state["ema"]["shadow"]
     best = weights(tmp_path, "best")
     assert max_abs_diff(best, {k: shadow[k] for k in best}) == 0.0

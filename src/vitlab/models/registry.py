@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from typing import Any, Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from vitlab.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported only when a model is built, so `vitlab models` starts at once
+    from torch import nn
 
 # Table 1: (layers, hidden size D, MLP size, heads). Ti and S are the DeiT widths used for small images.
 VIT_SIZES: dict[str, dict[str, int]] = {

@@ -20,18 +20,11 @@ from torch import nn
 
 from vitlab.errors import ConfigError, ShapeError
 from vitlab.models import kernels
+from vitlab.models.counts import hybrid_stride  # noqa: F401  (re-exported: the models' stride rule)
 from vitlab.models.posemb import POSEMB_KINDS, build_pos_embed
 
 CLASSIFIERS = ("token", "gap")
 GELU_KINDS = ("tanh", "exact")
-
-
-def hybrid_stride(hybrid_layers: Optional[Sequence[int]]) -> int:
-    """Stride of a hybrid's ResNet: 4 from the root (conv and max-pool), x2 for each stage after the first; 1 for a
-    plain ViT (``None``: the patches are cut from the pixels)."""
-    if hybrid_layers is None:
-        return 1
-    return 4 * 2 ** max(len(hybrid_layers) - 1, 0)
 
 
 @dataclass
