@@ -23,6 +23,7 @@ from vitlab.outdir import OutputGuard
 # command name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("vitlab.models.commands", "list the model variants with parameters and GMACs"),
+    "presets": ("vitlab.train.commands_presets", "list the packaged presets: what each reproduces, model, steps, time"),
     "pretrain": ("vitlab.train.commands_pretrain", "pre-train a model (the paper's Adam recipe)"),
     "finetune": ("vitlab.train.commands_finetune", "fine-tune a checkpoint (SGD, zero-init head, new resolution)"),
     "eval": ("vitlab.train.commands_eval", "evaluate a checkpoint on a dataset"),

@@ -341,6 +341,7 @@ def _read_tree(ref: str, seen: tuple[str, ...], relative_to: Path | None = None)
         raise ConfigError(f"{ref}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{ref}: expected a mapping of config sections, got {type(tree).__name__}")
+    tree.pop("meta", None)  # a preset's description for `vitlab presets` (reproduces, expected_time): not config
     base = tree.pop("base", None)
     if base is None:
         return tree
