@@ -40,7 +40,7 @@ from vitlab.progress import Progress, results_table
 from vitlab.train import distributed as dist_utils
 from vitlab.train.checkpoint import CheckpointDir
 from vitlab.train.evaluation import accuracy, autocast, objective_accuracy, resolve_weights
-from vitlab.train.objectives import Objective, build_objective
+from vitlab.train.objectives import Objective, build_objective, metric_name, named_metrics
 from vitlab.train.optim import EMA, Schedule, build_optimizer, set_lr
 from vitlab.train.rundir import RunDir
 
@@ -433,7 +433,7 @@ class Trainer:
             progress.update(state["step"], loss=loss, lr=schedule(step), img_s=round(images_per_second))
             state["wall_seconds"] = self._wall()
             if state["step"] % cfg.train.log_every == 0 or state["step"] == total_steps:
-                self.run_dir.log_metrics({
+                self.run_dir.log_metrics(named_metrics(cfg.train.objective, {
                     "step": state["step"],
                     "loss": window["loss"] / window["steps"],
                     "train_accuracy": window["correct"] / max(window["count"], 1.0),
@@ -442,7 +442,7 @@ class Trainer:
                     "images_per_second": images_per_second,
                     "epoch": state["step"] * cfg.train.batch_size / plan.train_size,
                     "wall_seconds": state["wall_seconds"],
-                })
+                }))
                 window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "steps": 0, "seconds": 0.0}
             if cfg.train.eval_every and state["step"] % cfg.train.eval_every == 0 and state["step"] < total_steps:
                 self._periodic_eval(model, ema, eval_model, plan, state, progress)
@@ -520,9 +520,10 @@ class Trainer:
         if stream is None:
             return
         result = self._evaluate(target, stream)
-        self.run_dir.log_metrics({"step": state["step"], f"{split}_accuracy": result["accuracy"],
-                                  f"{split}_loss": result["loss"]})
-        progress.message(f"step {state['step']}: {split} accuracy {result['accuracy']:.4f}")
+        self.run_dir.log_metrics(named_metrics(self.cfg.train.objective, {
+            "step": state["step"], f"{split}_accuracy": result["accuracy"], f"{split}_loss": result["loss"]}))
+        name = metric_name(self.cfg.train.objective, f"{split}_accuracy").replace("_", " ")
+        progress.message(f"step {state['step']}: {name} {result['accuracy']:.4f}")
         if split == "dev":
             self._maybe_best(target, result["accuracy"], state)
 
@@ -625,8 +626,8 @@ class Trainer:
         if plan.dev_stream is not None:
             dev = self._evaluate(target, plan.dev_stream)
             metrics.update(dev_accuracy=dev["accuracy"], dev_loss=dev["loss"])
-            self.run_dir.log_metrics({"step": state["step"], "dev_accuracy": dev["accuracy"],
-                                      "dev_loss": dev["loss"]})
+            self.run_dir.log_metrics(named_metrics(cfg.train.objective, {
+                "step": state["step"], "dev_accuracy": dev["accuracy"], "dev_loss": dev["loss"]}))
             self._maybe_best(target, dev["accuracy"], state)
         else:
             state["best"] = {"step": state["step"], "dev_accuracy": None}
@@ -634,14 +635,16 @@ class Trainer:
         if plan.test_stream is not None:
             test = self._evaluate(target, plan.test_stream)
             metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
-            self.run_dir.log_metrics({"step": state["step"], "test_accuracy": test["accuracy"],
-                                      "test_loss": test["loss"]})
+            self.run_dir.log_metrics(named_metrics(cfg.train.objective, {
+                "step": state["step"], "test_accuracy": test["accuracy"], "test_loss": test["loss"]}))
         bad_files = list(getattr(plan.train_stream, "bad_files", None) or plan.bad_files)
         self.run_dir.write_bad_files(bad_files)  # file sources may find broken images only while training
         images = state["step"] * cfg.train.batch_size
         state["wall_seconds"] = self._wall()
+        metrics = named_metrics(cfg.train.objective, metrics)
         summary = {
             "task": cfg.task,
+            "objective": cfg.train.objective,
             "model": cfg.model.name or str(cfg.model.init_from),
             "dataset": cfg.data.dataset,
             "steps": state["step"],
