@@ -43,6 +43,7 @@ from vitlab.train.evaluation import accuracy, autocast, objective_accuracy, reso
 from vitlab.train.objectives import Objective, build_objective, metric_name, named_metrics
 from vitlab.train.optim import EMA, Schedule, build_optimizer, set_lr
 from vitlab.train.rundir import RunDir
+from vitlab.train.threads import pick_threads
 
 log = logging.getLogger(__name__)
 
@@ -320,8 +321,7 @@ class Trainer:
         threads, rngs = torch.get_num_threads(), rng_state(env.device)
         deterministic = torch.are_deterministic_algorithms_enabled()
         try:
-            if cfg.train.num_threads:
-                torch.set_num_threads(cfg.train.num_threads)
+            torch.set_num_threads(pick_threads(cfg.train.num_threads))
             return self._run()
         finally:
             torch.set_num_threads(threads)
