@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from vitlab.config import RunConfig, load_config
-from vitlab.errors import CheckpointError, ConfigError, VitlabError
+from vitlab.errors import CheckpointError, ConfigError, ResumeMismatchError, VitlabError
 from vitlab.progress import Progress, results_table
 from vitlab.train import distributed as dist_utils
 from vitlab.train.checkpoint import CheckpointDir
@@ -181,9 +181,10 @@ class Trainer:
             changed = _differences(saved.to_dict(), self.cfg.to_dict())
             blocking = [key for key in changed if key not in RESUMABLE_CHANGES]
             if blocking:
-                raise ConfigError(
+                raise ResumeMismatchError(
                     f"--resume: the config differs from {self.run_dir.config} in {', '.join(blocking)}; "
-                    "resume with the same config (or omit --config to reuse the saved one)"
+                    "resume with the same config (or omit --config to reuse the saved one)",
+                    config_path=str(self.run_dir.config), keys=tuple(blocking),
                 )
 
     def _build_data(self) -> DataPlan:
