@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
@@ -78,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides += extra
     elif extra:
         full.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    configure_output(args.verbose)
     if args.command is None:
         full.print_help()
         return 2
@@ -98,6 +100,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vitlab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+# Libraries whose INFO/WARNING chatter ("Loaded  from checkpoint", progress bars, per-process banners) is not
+# the user's business; -v shows it all again.
+QUIET_LOGGERS = ("timm", "transformers", "huggingface_hub", "torch", "torch.distributed", "urllib3", "PIL",
+                 "matplotlib", "filelock", "onnxscript", "onnxruntime")
+QUIET_ENV = {
+    "TORCH_CPP_LOG_LEVEL": "ERROR",  # c10d / gloo per-process warnings, printed by torch's C++ side
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",  # tensorboard's optional TensorFlow import
+}
+
+
+def configure_output(verbose: bool) -> None:
+    """vitlab's own messages at INFO (DEBUG with -v); libraries' logs, deprecation warnings and progress bars
+    only with -v. Runs before any command imports torch, so the environment settings reach its C++ logging
+    and every torchrun worker (each runs this CLI)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s")
+    logging.getLogger("vitlab").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if verbose:
+        return
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(?!vitlab)")  # from library code
 
 
 def _one_line(error: OSError) -> str:

@@ -49,7 +49,13 @@ def read_source(args: argparse.Namespace) -> nn.Module:
 
         if not args.timm_name:
             raise ConfigError("--from timm needs --timm-name (the timm architecture of the checkpoint)")
-        return from_timm(timm.create_model(args.timm_name, pretrained=False, checkpoint_path=str(source)))
+        try:
+            timm_model = timm.create_model(args.timm_name, pretrained=False, checkpoint_path=str(source))
+        except RuntimeError as error:  # unknown architecture, or a checkpoint that does not fit it
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
+            raise CheckpointError(f"{source}: does not load as timm model {args.timm_name!r} ({detail})") from None
+        return from_timm(timm_model)
     from transformers import AutoModel, AutoModelForImageClassification
 
     from vitlab.interop.hf import from_hf
