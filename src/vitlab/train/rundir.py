@@ -85,12 +85,15 @@ class RunDir:
     def open_tensorboard(self, purge_step: int | None) -> None:
         if not self.writer:
             return
+        events = self.root / "tensorboard"
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional
-            log.debug("tensorboard is not installed; no event files")
+        except ImportError:  # tensorboard is optional; say so without -v, with the fix
+            log.info("no TensorBoard logs: tensorboard is not installed (pip install 'vitlab[tensorboard]'); "
+                     "the metrics are in %s", self.metrics)
             return
-        self._tb = SummaryWriter(str(self.root / "tensorboard"), purge_step=purge_step)
+        self._tb = SummaryWriter(str(events), purge_step=purge_step)
+        log.info("TensorBoard logs: %s (view with: tensorboard --logdir %s)", events, events)
 
     def write_bad_files(self, bad_files: Iterable[tuple[str, str]]) -> None:
         rows = [f"{path}\t{reason}" for path, reason in bad_files]
