@@ -11,6 +11,7 @@ attention output kernel [heads, head_dim, D]. Ours: torch's OIHW and [out, in], 
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import zipfile
@@ -24,6 +25,8 @@ from torch import nn
 from vitlab.errors import CheckpointError
 from vitlab.models.vit import hybrid_stride
 from vitlab.models.weights import atomic_write, load_weights, model_family
+
+log = logging.getLogger(__name__)
 
 PREFIXES = ("", "opt/target/", "params/")  # where training code of different eras nested the parameters
 
@@ -186,7 +189,17 @@ def load_npz(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 
 def save_npz(model: nn.Module, path: str | os.PathLike) -> None:
-    """Export ``model`` in the official layout (float32), readable by the official code and by timm's loader."""
+    """Export ``model`` in the official layout (float32), readable by the official code and by timm's loader.
+
+    The layout has no field for the activation: every reader (the official code, timm's npz loader, ours) runs
+    the official tanh-approximated GELU. A model trained with exact GELU (``gelu="exact"``, as timm and Hugging Face
+    ViTs) is exported anyway, since its weights are still right, with a warning that says how to keep its numerics.
+    """
+    gelu = getattr(getattr(model, "config", None), "gelu", "tanh")
+    if gelu != "tanh":
+        log.warning("%s: the model uses %s GELU but the official .npz layout cannot record it; readers will run the "
+                    "tanh approximation (logits drift ~1e-4). Reload with vitlab.interop.official.load_npz_any(path, "
+                    "gelu=%r), or export to .safetensors, which keeps it", path, gelu, gelu)
     state = {key: value.detach().cpu().float().numpy() for key, value in model.state_dict().items()}
     arrays: dict[str, np.ndarray] = {}
     for row in key_table(model):
