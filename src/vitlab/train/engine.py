@@ -661,6 +661,7 @@ class Trainer:
             "world_size": env.world_size,
             "precision": self.precision.name,
             "device": str(env.device),
+            "num_threads": torch.get_num_threads(),  # what the thread rule chose (vitlab.train.threads)
             "train_images": plan.train_size,
             "best": state["best"],
             "weights": "checkpoints/best.safetensors",
