@@ -48,7 +48,7 @@ def _output_guard(args: argparse.Namespace) -> OutputGuard | nullcontext:
     if args.command in OUTPUT_FILES:
         target = getattr(args, OUTPUT_FILES[args.command], None)
         if target:
-            return OutputGuard(Path(target).expanduser().parent, option="output folder")
+            return OutputGuard(Path(target).expanduser().parent, option="output folder", track_files=False)
         return nullcontext()
     out = getattr(args, "out", None)
     return OutputGuard(out) if out else nullcontext()

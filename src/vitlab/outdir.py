@@ -24,20 +24,33 @@ KEEP_SUFFIXES = (".safetensors",)  # results that make a failed run worth keepin
 KEEP_DIRS = ("checkpoints",)
 
 
-def _listing(root: Path) -> set[Path]:
+MAX_LISTED = 200_000  # an --out this big is not a run directory: leave it alone rather than walk it twice
+
+
+def _listing(root: Path) -> set[Path] | None:
+    """Every path under ``root`` (``root`` included), or None when there are too many to track."""
     if not root.exists():
         return set()
-    return {root, *root.rglob("*")}
+    found = {root}
+    for path in root.rglob("*"):
+        found.add(path)
+        if len(found) > MAX_LISTED:
+            return None
+    return found
 
 
 class OutputGuard:
     """``with OutputGuard(path): run()`` — see the module docstring."""
 
-    def __init__(self, path: str | os.PathLike, *, option: str = "--out") -> None:
+    def __init__(self, path: str | os.PathLike, *, option: str = "--out", track_files: bool = True) -> None:
+        """``track_files=False`` for the folder of a single output file (written atomically, so nothing partial
+        stays): only the folders made here are removed, and an existing folder (say, the home directory) is not
+        walked."""
         self.path = Path(path).expanduser()
         self.option = option
+        self.track_files = track_files
         self.writer = os.environ.get("RANK", "0") == "0"
-        self.before: set[Path] = set()
+        self.before: set[Path] | None = set()
         self.made: list[Path] = []  # folders created here, outermost first
 
     def __enter__(self) -> "OutputGuard":
@@ -54,7 +67,7 @@ class OutputGuard:
                 f"{self.option} {self.path}: cannot create the directory ({error.strerror or error})"
             ) from None
         self.made = list(reversed(missing))
-        self.before = _listing(self.path)
+        self.before = _listing(self.path) if self.track_files else None
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
@@ -65,7 +78,8 @@ class OutputGuard:
 
     def clean(self) -> None:
         """Remove what was created since ``__enter__``, unless weights were written."""
-        new = _listing(self.path) - self.before
+        after = _listing(self.path) if self.before is not None else None
+        new = after - self.before if after is not None and self.before is not None else set()
         if any(p.suffix in KEEP_SUFFIXES or set(p.relative_to(self.path).parts) & set(KEEP_DIRS) for p in new):
             return
         for path in sorted(new, key=lambda p: len(p.parts), reverse=True):
