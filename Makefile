@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   create .venv, install vitlab, get Fashion-MNIST, run the main job
-#   make test   the same set-up, then the whole test suite
+#   make test   the same set-up, then the import contracts and the whole test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,tensorboard]"
+	$(BIN)/python -m pip install --quiet -e ".[test,tensorboard,export]"
 	touch $(STAMP)
 
 # Fashion-MNIST: Debian's package where apt works (root), else vitlab's checksummed download.
@@ -29,7 +29,9 @@ data: setup
 demo: data
 	$(BIN)/vitlab demo --out runs/demo
 
+# lint-imports checks the [tool.importlinter] contracts of pyproject.toml (layers, no cycles) before the tests.
 test: data
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-slow: data

@@ -5,12 +5,12 @@
 In-memory sets (Fashion-MNIST 28 px -> 32 px) are augmented on whole batches of tensors; the figure is
 how many images per second one process turns into training batches, with augmentation ``none``, the
 paper's ``paper`` (inception crop + flip) and the AugReg level ``light2`` (+ RandAugment(2, 10), mixup).
-"stall" is the share of time a consumer that spends ``--step-ms`` (several values) per batch waits for the next one (the
-background-thread prefetch, 2 batches ahead, or worker processes): 0 means the training loop never waits.
+"stall" is the share of time a consumer that spends ``--step-ms`` (several values) per batch waits for the next one
+(worker processes, 4 batches ahead each): 0 means the training loop never waits; inline, the wait is the making.
 "cpu_training" is the consumer that matters on a CPU: the ``fmnist-vit-tiny`` preset's model trained (forward,
-backward, AdamW) on the stream's batches of 64, with the batches made inline (``prefetch=0``, the default for
-in-memory sets on a CPU) and by the prefetch thread, whose kernels compete with the step for the same cores, and
-the milliseconds that making one such batch inline takes.
+backward, AdamW) on the stream's batches of 64, with the batches made inline (``num_workers=0``, the default) and
+by ``--workers`` persistent DataLoader worker processes (1 torch thread each), and the milliseconds that making one
+such batch inline takes. ``--only cpu_training`` runs that part alone.
 
 The image-folder pipeline decodes JPEGs (160x120, written to a temporary folder first) with inception
 crop + flip to 96 px, in-process and with worker processes. Results go to stdout and a JSON file.
@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=60, help="steps of the CPU-training consumer")
     parser.add_argument("--folder-images", type=int, default=1024)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", choices=["cpu_training"], help="run one part only")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "loader.json"))
     args = parser.parse_args()
 
@@ -113,31 +114,29 @@ def main() -> None:
     results["fashion_mnist"]["load_seconds"] = round(time.perf_counter() - start, 3)
     print(f"Fashion-MNIST train loaded in {results['fashion_mnist']['load_seconds']:.2f} s")
     default_threads = torch.get_num_threads()
-    for threads in sorted({default_threads, 1}, reverse=True):
+    for threads in [] if args.only else sorted({default_threads, 1}, reverse=True):
         # Small-tensor kernels on a busy machine: more intra-op threads can be slower, so both are shown.
         torch.set_num_threads(threads)
         table = results["fashion_mnist"][f"torch_threads_{threads}"] = {}
         for augment in ("none", "paper", "light2"):
             common = dict(batch_size=args.batch_size, train=True, img_size=32, in_chans=3, augment=augment, seed=0)
-            rate = images_per_second(build_stream(fmnist, prefetch=0, **common), args.batches)
-            stalls = {ms: stall_fraction(build_stream(fmnist, prefetch=2, **common), args.batches, ms / 1000)
-                      for ms in args.step_ms}
-            table[augment] = {"images_per_second": round(rate),
-                              "stall_fraction_by_step_ms": {str(ms): round(v, 4) for ms, v in stalls.items()}}
-            print(f"fashion_mnist 28->32 augment={augment:7s} torch threads {threads}: {rate:8.0f} images/s   "
-                  f"stall " + ", ".join(f"{100 * v:.1f}% at {ms:.0f} ms/step" for ms, v in stalls.items()))
+            rate = images_per_second(build_stream(fmnist, **common), args.batches)
+            table[augment] = {"images_per_second": round(rate)}
+            print(f"fashion_mnist 28->32 augment={augment:7s} torch threads {threads}: {rate:8.0f} images/s inline")
     torch.set_num_threads(default_threads)
     table = results["fashion_mnist"]["cpu_training"] = {}
     for augment in ("none", "paper", "light2"):
         common = dict(batch_size=64, train=True, img_size=32, in_chans=1, augment=augment, seed=0)
-        row = {f"prefetch_{depth}": round(training_images_per_second(build_stream(fmnist, prefetch=depth, **common),
-                                                                       args.train_steps))
-               for depth in (0, 2)}
-        row["make_ms_per_batch"] = round(64e3 / images_per_second(build_stream(fmnist, prefetch=0, **common),
-                                                                  args.batches), 2)
+        row = {"inline": round(training_images_per_second(build_stream(fmnist, **common), args.train_steps)),
+               f"workers_{args.workers}": round(training_images_per_second(
+                   build_stream(fmnist, num_workers=args.workers, **common), args.train_steps))}
+        row["make_ms_per_batch"] = round(64e3 / images_per_second(build_stream(fmnist, **common), args.batches), 2)
         table[augment] = row
-        print(f"fashion_mnist 28->32 augment={augment:7s} CPU training images/s: inline {row['prefetch_0']}, "
-              f"prefetch thread {row['prefetch_2']}; making a batch of 64 inline: {row['make_ms_per_batch']} ms")
+        print(f"fashion_mnist 28->32 augment={augment:7s} CPU training images/s: inline {row['inline']}, "
+              f"{args.workers} workers {row[f'workers_{args.workers}']}; making a batch of 64 inline: "
+              f"{row['make_ms_per_batch']} ms")
+    if args.only == "cpu_training":
+        return _write(results, args.out)
     table = results["fashion_mnist"][f"workers_{args.workers}"] = {}
     for augment in ("none", "paper", "light2"):  # worker processes (1 torch thread each) make whole batches
         common = dict(batch_size=args.batch_size, train=True, img_size=32, in_chans=3, augment=augment, seed=0,
@@ -156,12 +155,16 @@ def main() -> None:
         batches = max(1, min(args.batches, args.folder_images // bs - 4))
         for workers in (0, args.workers):
             stream = build_stream(folder, batch_size=bs, train=True, img_size=96, augment="paper", seed=0,
-                                  num_workers=workers, prefetch=0 if workers == 0 else 2)
+                                  num_workers=workers)
             rate = images_per_second(stream, batches)
             results["image_folder"][f"workers_{workers}"] = {"images_per_second": round(rate), "img_size": 96,
                                                              "source": "160x120 JPEG", "augment": "paper"}
             print(f"image_folder 160x120 JPEG -> 96 paper, workers={workers}: {rate:8.0f} images/s")
-    out = Path(args.out)
+    _write(results, args.out)
+
+
+def _write(results: dict, path: str) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")

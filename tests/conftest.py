@@ -21,3 +21,9 @@ def jitter_(module: torch.nn.Module, scale: float = 0.02, seed: int = 0) -> torc
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / a.norm().clamp_min(1e-12)).item()
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own vitlab cache (timm conversions, downloads): nothing lands in ~/.cache."""
+    monkeypatch.setenv("VITLAB_CACHE", str(tmp_path_factory.mktemp("vitlab-cache")))

@@ -41,6 +41,7 @@ def mirror(tmp_path, monkeypatch):
     monkeypatch.setattr(D, "FASHION_MNIST_URLS", (server.as_uri() + "/",))
     monkeypatch.setattr(D, "DEBIAN_DIR", tmp_path / "no-debian")
     monkeypatch.delenv("VITLAB_DATA", raising=False)
+    monkeypatch.delenv("VITLAB_CACHE", raising=False)  # the user cache then follows XDG_CACHE_HOME
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return server
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vitlab.data import build_stream, get_source
-from vitlab.data.loader import DEFAULT_PREFETCH, default_prefetch
+from vitlab.data.stream import Stream
 from vitlab.data.transforms import AUGMENT_LEVELS
 from vitlab.errors import ConfigError, DataError
 
@@ -92,24 +92,23 @@ def test_two_ranks_see_the_same_global_batch_as_one(source):
         assert torch.equal(x, one[step][0]) and torch.equal(y, one[step][1])
 
 
-def test_workers_prefetch_and_inline_agree(source):
+def test_workers_and_inline_agree(source):
     args = dict(batch_size=16, train=True, img_size=16, augment="deit", seed=8)
-    inline = take(build_stream(source, prefetch=0, **args), 3)
-    # Workers first: forking right after a prefetch thread ends can copy MKL's allocator lock held (see _threaded).
+    inline = take(build_stream(source, **args), 3)
     workers = take(build_stream(source, num_workers=2, **args), 3)
-    threaded = take(build_stream(source, prefetch=2, **args), 3)
-    for (x0, y0), (x1, y1), (x2, y2) in zip(inline, threaded, workers):
-        assert torch.equal(x0, x1) and torch.equal(x0, x2)
-        assert torch.equal(y0, y1) and torch.equal(y0, y2)
+    for (x0, y0), (x1, y1) in zip(inline, workers):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
 
 
-def test_in_memory_sets_on_a_cpu_are_made_inline_by_default(source):
-    # The prefetch thread's kernels compete with a CPU training step for its cores (default_prefetch's figures).
-    assert source.in_memory
-    assert build_stream(source, batch_size=8, train=True, img_size=16).prefetch == 0
-    assert build_stream(source, batch_size=8, train=True, img_size=16, prefetch=3).prefetch == 3
-    assert default_prefetch(source, num_workers=2, device=torch.device("cpu")) == DEFAULT_PREFETCH
-    assert default_prefetch(source, num_workers=0, device=torch.device("cuda")) == DEFAULT_PREFETCH
+def test_both_kinds_of_stream_follow_the_protocol(source, tmp_path):
+    assert isinstance(build_stream(source, batch_size=8, train=True, img_size=16), Stream)
+    evaluation = build_stream(source, batch_size=40, train=False, img_size=16, num_workers=2)
+    assert isinstance(evaluation, Stream)
+    first = [y for _, y in evaluation]
+    workers = evaluation._loader._iterator._workers  # persistent: the second pass reuses the processes
+    second = [y for _, y in evaluation]
+    assert evaluation._loader._iterator._workers == workers
+    assert [len(y) for y in first] == [40, 40, 16] and all(torch.equal(a, b) for a, b in zip(first, second))
 
 
 def test_indices_restrict_the_stream(source):
@@ -158,18 +157,45 @@ def test_rgb_to_grey_and_rectangular_size():
     assert x.shape == (8, 1, 12, 16)
 
 
-def test_exit_with_a_prefetching_stream_mid_way_is_clean(tmp_path):
-    # A prefetch thread still inside a torch kernel while the interpreter finalises aborts the process
-    # ("terminate called without an active exception", exit -6); exit must stop and wait for it first.
+def test_exit_with_a_worker_stream_mid_way_is_clean(tmp_path):
+    # Leaving while worker processes are making batches must neither hang nor abort the interpreter.
     script = tmp_path / "leave.py"
     script.write_text(
         "from vitlab.data import build_stream, get_source\n"
         "source = get_source('synthetic', num_samples=512, num_classes=4, img_size=28, channels=1, seed=0)\n"
         "batches = iter(build_stream(source, batch_size=64, train=True, img_size=30, augment='light2', seed=0,\n"
-        "                             prefetch=2))\n"
+        "                             num_workers=2))\n"
         "for _ in range(5):\n"
         "    next(batches)\n"
     )
-    for _ in range(3):
-        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0 and "terminate called" not in done.stderr, done.stderr[-2000:]
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "terminate called" not in done.stderr, done.stderr[-2000:]
+
+
+def _folder_with_bad_test_images(root):
+    """A test split of 10 readable images (each its own grey level) and 3 whose data is cut short."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        (root / "test" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8), 20 * i + 5).save(root / "test" / f"c{i % 2}" / f"{i}.png")
+    for i in range(3):
+        path = root / "test" / f"c{i % 2}" / f"bad{i}.png"
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(path)
+        path.write_bytes(path.read_bytes()[:200])  # the header reads, the pixels do not
+    return root
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_evaluation_scores_each_readable_image_once(tmp_path, workers):
+    source = get_source("image_folder", split="test", root=_folder_with_bad_test_images(tmp_path), channels=1,
+                        on_bad_image="skip")
+    assert len(source) == 13  # the header check passes the cut files: they fail only when decoded
+    stream = build_stream(source, batch_size=4, train=False, img_size=8, num_workers=workers)
+    images = torch.cat([x for x, _ in stream])
+    levels = sorted(((images[:, 0, 0, 0] + 1) * 127.5).round().int().tolist())
+    assert levels == [20 * i + 5 for i in range(10)]  # every readable image once, no stand-ins
+    assert stream.dropped == 3 and len(source.bad_files) == 3
+    again = torch.cat([x for x, _ in stream])  # a second pass: the known bad files are left out again
+    assert torch.equal(again, images) and stream.dropped == 3

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import io
 import pickle
 import tarfile
@@ -292,7 +293,8 @@ def test_shards_streaming_split_by_rank_and_worker(shard_dir):
             assert len(stream) == 3
             it = iter(stream)
             batches = [next(it) for _ in range(per_epoch)]
-            assert stream.state_dict() == {"epoch": 0, "batch": per_epoch}
+            state = stream.state_dict()
+            assert (state["epoch"], state["batch"]) == (0, per_epoch)
             seen.append(torch.cat([x for x, _ in batches]))
             assert all(y.shape == (4,) for _, y in batches)
         # ranks read disjoint shards: the red channel (shard id * 60) never overlaps
@@ -323,3 +325,76 @@ def test_streaming_resume(shard_dir):
     for want in expected[7:]:
         got = next(it)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_pipe_shards_need_an_explicit_opt_in(shard_dir):
+    url = f"pipe:cat {shard_dir / 'train-000.tar'}"
+    with pytest.raises(ConfigError, match="allow_pipe=true"):
+        get_source("shards", urls=[url], num_classes=3)
+    source = get_source("shards", urls=[url], num_classes=3, allow_pipe=True)
+    labels = torch.cat([y for _, y in build_stream(source, batch_size=4, train=False, img_size=8)])
+    assert labels.tolist() == [i % 3 for i in range(6)]
+
+
+def test_shard_lists_from_a_directory_a_glob_or_braces(shard_dir):
+    names = [f"train-{s:03d}.tar" for s in range(4)]
+    for spec in ({"urls": [str(shard_dir)]}, {"pattern": str(shard_dir / "train-*.tar")},
+                 {"pattern": str(shard_dir / "train-{000..003}.tar")}):
+        assert [u.rsplit("/", 1)[-1] for u in get_source("shards", **spec).urls] == names
+
+
+@pytest.fixture(scope="module")
+def uneven_shards(tmp_path_factory):
+    """5 shards of 2 to 10 samples: 2 ranks get 3 and 2 shards, and readers run dry at different points."""
+    root = tmp_path_factory.mktemp("uneven")
+    for s, n in enumerate((6, 2, 10, 4, 8)):
+        _write_shard(root / f"u-{s}.tar", [(f"u{s}_{i}", (s * 50, i * 20, 0), (s + i) % 3) for i in range(n)])
+    return root
+
+
+@pytest.mark.parametrize("rank, workers", [(0, 0), (1, 0), (0, 2)])
+def test_streaming_resume_is_exact_wherever_the_readers_are(uneven_shards, rank, workers):
+    make = lambda: build_stream(get_source("shards", urls=[str(uneven_shards)], streaming=True, num_classes=3,
+                                           num_samples=30, shuffle_buffer=3),
+                                batch_size=2, train=True, img_size=8, augment="paper", seed=5, rank=rank,
+                                world_size=2 if workers == 0 else 1, num_workers=workers)
+    it = iter(make())
+    expected = [next(it) for _ in range(24)]  # several epochs: some readers are epochs ahead of others
+    for stop in (5, 11, 17):
+        part = make()
+        it = iter(part)
+        for _ in range(stop):
+            next(it)
+        state = part.state_dict()
+        resumed = make()
+        resumed.load_state_dict(state)
+        it = iter(resumed)
+        for want in expected[stop:stop + 5]:
+            got = next(it)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    if workers:
+        readers = state["readers"]
+        assert len(readers) == 2 and readers[0][0] != readers[1][0]  # the readers are in different epochs
+
+
+def test_shards_write_from_an_image_folder_reads_back_the_same_samples(tmp_path, capsys):
+    from vitlab.cli import main
+
+    root = tmp_path / "folder"
+    for i in range(7):
+        (root / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (30 * i, 0, 0)).save(root / f"c{i % 3}" / f"{i}.png")
+    out = tmp_path / "shards"
+    cmd = ["shards", "write", "--source", "image_folder", "--source-opt", f"root={root}", "--out", str(out),
+           "--per-shard", "3"]
+    assert main(cmd) == 0
+    assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    folder = get_source("image_folder", root=root)
+    shards = get_source("shards", urls=[str(out)], classes=json.loads((out / "classes.json").read_text()))
+    assert shards.classes == folder.classes == ["c0", "c1", "c2"]
+    pairs = lambda s: sorted((int(s[i][0][0, 0, 0]), s[i][1]) for i in range(len(s)))
+    assert pairs(shards) == pairs(folder)  # every sample once, its bytes and label unchanged
+    capsys.readouterr()
+    assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert "already holds" in err and len(err.splitlines()) == 1

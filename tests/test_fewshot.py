@@ -208,7 +208,7 @@ def test_fewshot_cli(tmp_path, capsys) -> None:
 
 
 def test_frozen_models_load_from_our_files_run_dirs_and_official_npz(tmp_path) -> None:
-    from vitlab.evaluate.fewshot import load_frozen_model
+    from vitlab.weights import resolve
     from vitlab.interop.official import save_npz
 
     model = vitlab.create_model("vit_ti4", num_classes=3, img_size=16, in_chans=3, depth=1, width=32, mlp_dim=64,
@@ -221,7 +221,7 @@ def test_frozen_models_load_from_our_files_run_dirs_and_official_npz(tmp_path) -
     with torch.no_grad():
         expected = representation(model, images)
         for source in (tmp_path / "run", tmp_path / "model.npz"):
-            loaded = load_frozen_model(str(source)).eval()
+            loaded = resolve(source).build().eval()
             assert torch.allclose(representation(loaded, images), expected, atol=1e-5), source
-        bigger = load_frozen_model(str(tmp_path / "run"), img_size=24)  # a new resolution: 6x6 grid
+        bigger = resolve(tmp_path / "run").build(img_size=24)  # a new resolution: 6x6 grid
         assert representation(bigger, torch.randn(2, 3, 24, 24)).shape == (2, 32)

@@ -256,7 +256,7 @@ def test_higher_resolution_resizes_position_embeddings():
 def test_official_npz_round_trip_and_finetune_at_higher_resolution(tmp_path):
     from vitlab.interop.official import load_npz, load_npz_any, save_npz
     from vitlab.models.posemb import resize_pos_embed
-    from vitlab.models.weights import load_for_finetune
+    from vitlab.weights import resolve
 
     torch.manual_seed(0)
     model = tiny_hybrid()
@@ -273,7 +273,7 @@ def test_official_npz_round_trip_and_finetune_at_higher_resolution(tmp_path):
     load_npz(bigger, path)
     expected = resize_pos_embed(model.pos_embed.weight.detach(), (8, 8), num_prefix_tokens=1)
     assert torch.allclose(bigger.pos_embed.weight, expected)
-    tuned = load_for_finetune(path, num_classes=5, img_size=128)
+    tuned = resolve(path).build(num_classes=5, img_size=128)
     assert tuned.config.hybrid_layers == (1, 1, 1) and tuned.pos_embed.weight.shape == (1, 65, 64)
     assert torch.equal(tuned.patch_embed.stem.conv.weight, model.patch_embed.stem.conv.weight)
     assert tuned(torch.randn(1, 3, 128, 128)).shape == (1, 5)

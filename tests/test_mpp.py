@@ -8,7 +8,7 @@ import torch
 
 import vitlab
 from vitlab.errors import ConfigError
-from vitlab.models.weights import load_for_finetune
+from vitlab.weights import resolve
 from vitlab.train.mpp import MaskedPatchPrediction, mean_colour_targets, mpp_num_classes
 
 
@@ -61,7 +61,7 @@ def test_finetune_drops_the_masked_patch_parts(tmp_path) -> None:
     model = vitlab.create_model("vit_ti4", img_size=16, num_classes=0, depth=1, mpp_classes=512)
     path = tmp_path / "mpp.safetensors"
     vitlab.save_model(model, path)
-    tuned = load_for_finetune(path, num_classes=10, img_size=32)
+    tuned = resolve(path).build(num_classes=10, img_size=32)
     assert not hasattr(tuned, "mpp_head") and tuned.config.mpp_classes == 0
     assert tuned(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
@@ -86,7 +86,7 @@ def test_engine_pretrains_with_masked_patch_prediction_from_the_config(tmp_path)
     assert any("mpp_train_patch_accuracy" in record for record in logged)
     saved = weights(tmp_path / "mpp")
     assert saved["mpp_head.weight"].shape == (512, 32) and "head.weight" not in saved
-    tuned = load_for_finetune(tmp_path / "mpp" / "checkpoints" / "last.safetensors", num_classes=4, img_size=16)
+    tuned = resolve(tmp_path / "mpp" / "checkpoints" / "last.safetensors").build(num_classes=4, img_size=16)
     assert tuned(torch.randn(2, 3, 16, 16)).shape == (2, 4)
     with pytest.raises(ConfigError, match="pre-training objective"):
         RunConfig.from_dict(dict(tiny_tree(train={"objective": "mpp"}), task="finetune"))

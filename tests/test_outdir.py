@@ -67,3 +67,18 @@ def test_an_uncreatable_out_is_one_config_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="exists and is not a directory"):
         with OutputGuard(tmp_path / "file"):
             pass
+
+
+def test_every_command_whose_output_is_a_file_is_listed() -> None:
+    """A file --out guarded as a folder would be created as a directory: the CLI must know which are files."""
+    from vitlab import cli
+
+    for name in cli.COMMANDS:
+        parser = cli._parser_for(name)
+        sub = next(a for a in parser._actions if a.dest == "command").choices[name]
+        for action in sub._actions:
+            if action.dest not in ("out", "dest"):
+                continue
+            words = f"{action.metavar or ''} {action.help or ''}".lower()
+            is_file = "file" in words and not any(w in words for w in ("folder", "directory", " dir"))
+            assert is_file == (cli.OUTPUT_FILES.get(name) == action.dest), (name, action.dest, words)

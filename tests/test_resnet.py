@@ -116,11 +116,11 @@ def test_npz_round_trip_rebuilds_the_architecture(tiny_npz):
     assert torch.equal(fresh(images), model(images))
 
 
-def test_load_for_finetune_from_official_npz(tiny_npz):
-    from vitlab.models.weights import load_for_finetune
+def test_transfer_build_from_official_npz(tiny_npz):
+    from vitlab.weights import resolve
 
     model, path = tiny_npz
-    tuned = load_for_finetune(path, num_classes=3, img_size=128)
+    tuned = resolve(path).build(num_classes=3, img_size=128)
     assert tuned.config.num_classes == 3 and tuned.config.img_size == (128, 128)
     assert torch.count_nonzero(tuned.head.weight) == 0
     assert torch.equal(tuned.stages[1][0].conv2.weight, model.stages[1][0].conv2.weight)

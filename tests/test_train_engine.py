@@ -99,6 +99,41 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp
     assert not (tmp_path / "summary.json").exists()
 
 
+class _NanGradient(torch.autograd.Function):
+    """Identity forward; NaN gradient backward (a finite loss whose gradient is not)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+class _NanGradientAfter(_NanAfter):
+    def __call__(self, model, images, targets):
+        self.calls += 1
+        logits = model(images).float()
+        if self.calls >= self.n:
+            logits = _NanGradient.apply(logits)
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        return loss, {"correct": (logits.argmax(-1) == targets).sum(), "count": torch.tensor(len(targets))}
+
+
+@pytest.mark.parametrize("clip_norm", [1.0, None])
+def test_non_finite_gradient_norm_stops_the_run_with_or_without_clipping(tmp_path, clip_norm):
+    cfg = tiny_config(optim={"clip_norm": clip_norm}, train={"checkpoint_every": 5})
+    with pytest.raises(TrainingDiverged) as info:
+        run_training(cfg, tmp_path, objective=_NanGradientAfter(8))
+    message = str(info.value)
+    assert "gradient norm became nan at step 8" in message and "last good checkpoint" in message
+    assert "\n" not in message
+    loaded = CheckpointDir(tmp_path / "checkpoints").load_latest()
+    assert loaded.state["step"] == 5
+    assert all(torch.isfinite(v).all() for v in loaded.weights.values())
+
+
 def test_resume_rules(tmp_path):
     cfg = tiny_config(train={"steps": 6})
     first = run_training(cfg, tmp_path, evaluate_test=False)
@@ -135,3 +170,25 @@ def test_skipped_images_are_listed_in_the_run_directory(tmp_path):
     assert summary["bad_files"] == 1 and summary["train_images"] == 16
     listed = (tmp_path / "run" / "bad_files.txt").read_text()
     assert "broken.jpg" in listed
+
+
+def test_unreadable_test_images_are_left_out_and_counted(tmp_path):
+    """Evaluation never lets another image stand in for a bad one: the summary scores 10 images, counts 3."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for split, good, bad in (("train", 16, 0), ("test", 10, 3)):
+        for i in range(good + bad):
+            folder = root / split / f"c{i % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+            if i >= good:
+                (folder / f"{i}.png").write_bytes((folder / f"{i}.png").read_bytes()[:200])
+    cfg = tiny_config(data={"dataset": "image_folder", "test_split": "test", "eval_batch_size": 4,
+                            "options": {"root": str(root), "on_bad_image": "skip"}},
+                      optim={"warmup_steps": 0}, train={"steps": 2, "batch_size": 4})
+    summary = run_training(cfg, tmp_path / "run")
+    assert summary["metrics"]["test_skipped_images"] == 3
+    assert summary["metrics"]["test_accuracy"] * 10 == pytest.approx(round(summary["metrics"]["test_accuracy"] * 10))

@@ -84,14 +84,14 @@ def test_init_from_official_npz_and_timm_weights(tmp_path):
     import timm
 
     from vitlab.interop.official import save_npz
-    from vitlab.train.engine import load_pretrained
+    from vitlab.weights import resolve
 
     ours = vitlab.create_model("vit_ti4", num_classes=7, img_size=16, depth=2, width=32, mlp_dim=64, num_heads=2)
     with torch.no_grad():
         for p in ours.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     save_npz(ours, tmp_path / "official.npz")
-    model = load_pretrained(str(tmp_path / "official.npz"), name=None, num_classes=3, img_size=16, overrides={})
+    model = resolve(tmp_path / "official.npz").build(num_classes=3, img_size=16)
     state, source = model.state_dict(), ours.state_dict()
     for key, value in state.items():
         if key.startswith("head."):
@@ -103,8 +103,7 @@ def test_init_from_official_npz_and_timm_weights(tmp_path):
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in timm_model.state_dict().items()}, str(tmp_path / "timm.safetensors"))
-    model = load_pretrained(f"timm:vit_tiny_patch16_224@{tmp_path / 'timm.safetensors'}", name=None,
-                            num_classes=4, img_size=32, overrides={})
+    model = resolve(f"timm:vit_tiny_patch16_224@{tmp_path / 'timm.safetensors'}").build(num_classes=4, img_size=32)
     assert model.config.num_classes == 4 and tuple(model.config.img_size) == (32, 32)
     assert model.config.gelu == "exact"  # converted with timm's numerics
     torch.testing.assert_close(model.state_dict()["blocks.0.mlp.fc1.weight"],

@@ -7,7 +7,8 @@ import torch
 import vitlab
 from vitlab.errors import CheckpointError
 from vitlab.interop import official
-from vitlab.models.weights import load_for_finetune, load_weights
+from vitlab.models.weights import load_weights
+from vitlab.weights import resolve
 
 from conftest import jitter_
 
@@ -61,14 +62,14 @@ def test_corrupt_and_foreign_files_are_reported(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
-def test_load_for_finetune_new_zero_head_no_pre_logits_new_resolution(tmp_path, suffix: str) -> None:
+def test_transfer_build_new_zero_head_no_pre_logits_new_resolution(tmp_path, suffix: str) -> None:
     source = tiny(representation_size=16)
     path = tmp_path / f"pre{suffix}"
     if suffix == ".npz":
         official.save_npz(source, path)
     else:
         vitlab.save_model(source, path)
-    model = load_for_finetune(path, num_classes=10, img_size=48)
+    model = resolve(path).build(num_classes=10, img_size=48)
     assert isinstance(model.pre_logits, torch.nn.Identity)
     assert model.head.weight.shape == (10, 192) and not model.head.weight.any()
     assert model.pos_embed.weight.shape == (1, 1 + 36, 192)

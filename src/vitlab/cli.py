@@ -28,19 +28,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "presets": ("vitlab.train.commands_presets", "list the packaged presets: what each reproduces, model, steps, time"),
     "pretrain": ("vitlab.train.commands_pretrain", "pre-train a model (the paper's Adam recipe)"),
     "finetune": ("vitlab.train.commands_finetune", "fine-tune a checkpoint (SGD, zero-init head, new resolution)"),
-    "eval": ("vitlab.train.commands_eval", "evaluate a checkpoint on a dataset"),
+    "eval": ("vitlab.evaluate.commands_eval", "evaluate a checkpoint: top-1, top-5, per class, confusion matrix"),
     "fewshot": ("vitlab.evaluate.commands_fewshot", "few-shot linear evaluation (closed-form least squares)"),
     "suite": ("vitlab.evaluate.commands_suite", "run a VTAB-style multi-task suite"),
     "demo": ("vitlab.demo", "the main job: pre-train on Fashion-MNIST, transfer to digits, report"),
     "download": ("vitlab.data.commands_download", "locate or download a dataset (checksummed)"),
     "dedup": ("vitlab.data.commands_dedup", "find near-duplicates of test images in a pre-training source"),
+    "shards": ("vitlab.data.commands_shards", "write a source (e.g. an image folder) as tar shards for streaming"),
     "study": ("vitlab.studies.commands", "the data-size (Figure 4) and scaling (Figure 5) studies"),
     "inspect": ("vitlab.inspect.commands", "attention rollout, attention distance, position similarity, filters"),
-    "convert": ("vitlab.interop.commands", "convert weights between vitlab, official .npz, timm and Hugging Face"),
+    "convert": ("vitlab.weights.commands_convert", "convert weights between vitlab, official .npz, timm and Hugging Face"),
+    "weights": ("vitlab.weights.commands", "list the published checkpoints (pretrained:MODEL.TAG) and fetch them"),
+    "predict": ("vitlab.predict.commands", "top-k classes of image files from a checkpoint or an .onnx"),
+    "export": ("vitlab.predict.commands_export", "export a checkpoint to ONNX (checked against onnxruntime)"),
 }
 
 # commands whose output is a file (its folder is guarded) rather than a folder: command -> argument
-OUTPUT_FILES: dict[str, str] = {"convert": "dest", "fewshot": "out"}
+# (a command whose --out is a file must be listed here, or its --out would be made a folder up front)
+OUTPUT_FILES: dict[str, str] = {"convert": "dest", "fewshot": "out", "predict": "out", "export": "out"}
 
 
 def _output_guard(args: argparse.Namespace) -> OutputGuard | nullcontext:

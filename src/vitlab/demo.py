@@ -36,7 +36,14 @@ from typing import Any
 
 import torch
 
+import vitlab
+from vitlab.config import load_config
+from vitlab.data import get_source
 from vitlab.errors import ConfigError
+from vitlab.evaluate.fewshot import fewshot_evaluate
+from vitlab.train import finetune, pretrain
+from vitlab.train.distributed import pick_device
+from vitlab.weights import resolve
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +101,11 @@ SIZES: dict[str, DemoSize] = {
 
 # ---- the stages ----------------------------------------------------------------------------------------------
 def pretrain_config(size: DemoSize):
-    from vitlab.config import load_config
-
     return load_config(size.pretrain, list(size.pretrain_overrides))
 
 
 def transfer_configs(size: DemoSize, pretrained: Path, pre_cfg) -> tuple[Any, Any]:
     """(fine-tuning config, from-scratch config): same data, resolution, steps and batch; different start."""
-    from vitlab.config import load_config
-
     finetune_cfg = load_config(size.finetune, list(size.finetune_overrides)
                                + [f"model.init_from={pretrained}", "model.name=null"])
     architecture = [f"model.name={pre_cfg.model.name}"]
@@ -141,9 +144,6 @@ def _compute_minutes(wall_seconds: float, threads: int, device: str) -> float:
 def _fewshot(model_factory, out_file: Path, settings: dict[str, Any], img_size: int, in_chans: int,
              device: torch.device) -> dict[str, Any]:
     """Few-shot results on digits, cached in ``out_file`` with the settings that produced them."""
-    from vitlab.data import get_source
-    from vitlab.evaluate.fewshot import fewshot_evaluate
-
     if out_file.is_file():
         saved = json.loads(out_file.read_text())
         if saved.get("settings") == json.loads(json.dumps(settings)):
@@ -174,11 +174,6 @@ def _check_out(out: Path, size_name: str) -> None:
 
 def run_demo(out_dir: str | os.PathLike, size_name: str = "cpu") -> dict[str, Any]:
     """Run (or resume) every stage of the demo; returns the rows of the table and the report's text."""
-    import vitlab
-    from vitlab.train import finetune, pretrain
-    from vitlab.train.distributed import pick_device
-    from vitlab.train.evaluation import resolve_weights
-
     if size_name not in SIZES:
         raise ConfigError(f"--size {size_name!r} is unknown; expected one of {', '.join(SIZES)}")
     size = SIZES[size_name]
@@ -190,7 +185,7 @@ def run_demo(out_dir: str | os.PathLike, size_name: str = "cpu") -> dict[str, An
     log.info("[1/4] pre-training on Fashion-MNIST (%s) -> %s", size.pretrain, out / "pretrain")
     pre = pretrain(pre_cfg, out / "pretrain", resume=True)
     _stop_if_interrupted(pre)
-    weights = resolve_weights(out / "pretrain")
+    weights = resolve(out / "pretrain").path
 
     finetune_cfg, scratch_cfg = transfer_configs(size, weights, pre_cfg)
     log.info("[2/4] fine-tuning the pre-trained model on digits at %d px -> %s", finetune_cfg.data.img_size,

@@ -37,3 +37,7 @@ class ResumeMismatchError(ConfigError):
         super().__init__(message)
         self.config_path = config_path
         self.keys = tuple(keys)
+
+
+class DownloadError(VitlabError):
+    """A download failed: unreachable server, a changed or tampered file (SHA-256), a URL that names no file."""

@@ -13,10 +13,12 @@ from __future__ import annotations
 from vitlab.data.base import FileSource, Source, TensorSource
 from vitlab.data.dedup import load_exclusions
 from vitlab.data.loader import BatchStream, build_stream
-from vitlab.data.sources import get_source, list_sources
+from vitlab.data.registry import get_source, list_sources
+from vitlab.data import sources, subset  # noqa: F401  (register the named sources)
+from vitlab.data.stream import Stream
 from vitlab.data.transforms import AUGMENT_LEVELS, AugmentSpec
 
 __all__ = [
-    "get_source", "list_sources", "build_stream", "BatchStream", "Source", "TensorSource", "FileSource",
+    "get_source", "list_sources", "build_stream", "BatchStream", "Stream", "Source", "TensorSource", "FileSource",
     "AUGMENT_LEVELS", "AugmentSpec", "load_exclusions",
 ]

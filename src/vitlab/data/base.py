@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vitlab.data.images import DEFAULT_MAX_PIXELS, BadImage, CropFn, load_image
+from vitlab.data.images import DEFAULT_MAX_PIXELS, BadImage, CropFn, load_image, open_image
 from vitlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,10 @@ class FileSource(Source):
     """A source of image files decoded on demand; bad files raise or are skipped (``on_bad_image``).
 
     Subclasses fill ``self.paths`` (list of str), ``self.labels`` (int64 tensor) and ``self.classes``.
-    With ``on_bad_image="skip"`` a file that fails to decode is recorded in ``bad_files`` and the next good
-    sample stands in for it, so a batch keeps its size and an epoch its length; the substitution is
-    deterministic, so a resumed run sees the same batches.
+    With ``on_bad_image="skip"`` a file that fails to decode is recorded in ``bad_files``. In training the next
+    good sample stands in for it, so a batch keeps its size and an epoch its length; the substitution is
+    deterministic, so a resumed run sees the same batches. Evaluation asks ``load(..., substitute=False)`` and
+    leaves the image out, so no image is scored twice.
     """
 
     def __init__(self, *, name: str, channels: int = 3, on_bad_image: str = "error",
@@ -111,14 +112,15 @@ class FileSource(Source):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.load(index)
 
-    def load(self, index: int, *, size: tuple[int, int] | None = None,
-             crop: CropFn | None = None) -> tuple[torch.Tensor, int]:
-        """Decode sample ``index`` (cropped/resized when asked); with skip, the next good one if it is bad."""
+    def load(self, index: int, *, size: tuple[int, int] | None = None, crop: CropFn | None = None,
+             substitute: bool = True) -> tuple[torch.Tensor, int] | None:
+        """Decode sample ``index`` (cropped/resized when asked). With ``on_bad_image="skip"`` a bad image is
+        recorded and, when ``substitute``, the next good one stands in (training); otherwise None (evaluation)."""
         n = len(self.paths)
         if not -n <= index < n:
             raise IndexError(f"{self.name}: index {index} out of range for {n} samples")
         index %= n
-        for attempt in range(n):
+        for attempt in range(n if substitute else 1):
             i = (index + attempt) % n
             if i in self._bad_index:
                 continue
@@ -130,6 +132,8 @@ class FileSource(Source):
                 if self.on_bad_image == "error":
                     raise
                 self.record_bad(i, error.reason)
+        if not substitute:
+            return None
         raise DataError(f"{self.name}: every one of its {n} images is unreadable (on_bad_image='skip')")
 
     def image_input(self, index: int) -> str | bytes:
@@ -166,8 +170,6 @@ class FileSource(Source):
             return
         if level not in ("header", "full"):
             raise ConfigError(f"verify={level!r}; expected 'none', 'header' or 'full'")
-        from vitlab.data.images import open_image
-
         keep: list[int] = []
         for i, path in enumerate(self.paths):
             try:

@@ -13,8 +13,12 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import replace
 
-from vitlab.errors import ConfigError
+from vitlab.data.cli_options import parse_options as _parse_opts
+from vitlab.data.cli_options import source_spec as _spec
+from vitlab.data.dedup import DedupConfig, find_near_duplicates, write_report
+from vitlab.data.registry import get_source
 
 log = logging.getLogger(__name__)
 
@@ -34,36 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N test images (quick check)")
 
 
-def _parse_opts(pairs: list[str]) -> dict:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"option {pair!r} is not KEY=VALUE")
-        options[key.strip()] = _value(value.strip())
-    return options
-
-
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
-def _spec(text: str, default_split: str) -> tuple[str, str]:
-    name, _, split = text.partition(":")
-    return name, split or default_split
-
-
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from vitlab.data.dedup import DedupConfig, find_near_duplicates, write_report
-    from vitlab.data.sources import get_source
-
     config = DedupConfig()
     overrides = {k: v for k, v in (("max_hamming", args.max_hamming), ("min_correlation", args.min_correlation),
                                    ("max_shift", args.max_shift)) if v is not None}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vitlab.data import download as D
 from vitlab.errors import ConfigError, DataError
 
 # name -> (where to get it, what root= must hold)
@@ -50,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fashion_mnist(args: argparse.Namespace) -> int:
-    from vitlab.data import download as D
-
     found = None
     if args.path is not None:
         path = Path(args.path).expanduser()

@@ -3,11 +3,12 @@
 Search order (first complete set wins): an explicit path, ``$VITLAB_DATA`` (itself, or its
 ``fashion-mnist/`` sub-folder), the Debian/Ubuntu package's ``/usr/share/datasets/fashion-mnist/``
 (``apt-get install dataset-fashion-mnist``), and the user cache ``~/.cache/vitlab/fashion-mnist``
-(``$XDG_CACHE_HOME`` respected). Files may be gzipped (as published) or already decompressed.
+(``$VITLAB_CACHE`` or ``$XDG_CACHE_HOME`` respected). Files may be gzipped (as published) or already decompressed.
 
-Downloads go to ``$VITLAB_DATA/fashion-mnist`` when that variable is set, else to the user cache. Each
+Downloads go to ``$VITLAB_DATA/fashion-mnist`` when that variable is set, else to the user cache
+(``$VITLAB_CACHE`` when set). Fetching is :func:`vitlab.weights.download.fetch`, shared with the weights: each
 file is hashed while it streams in, compared with the SHA-256 of the published archive, and only then
-renamed into place, so an interrupted or tampered download never looks like data.
+renamed into place, so an interrupted or tampered download never looks like data (and resumes next time).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from typing import Callable
 import numpy as np
 
 from vitlab.errors import DataError
+from vitlab.weights.download import ChecksumError, fetch
+from vitlab.weights.download import cache_dir as cache_dir  # the one user cache (re-exported for callers)
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +59,6 @@ HOW_TO_GET = (
 )
 
 Opener = Callable[..., object]  # urllib.request.urlopen-compatible: opener(url, timeout=...) -> file-like
-
-
-def cache_dir() -> Path:
-    """The user cache of downloaded data: ``$XDG_CACHE_HOME/vitlab`` or ``~/.cache/vitlab``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "vitlab"
 
 
 def default_destination() -> Path:
@@ -153,28 +150,13 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def fetch_file(url: str, dest: Path, sha256: str, *, opener: Opener | None = None, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest`` atomically, refusing content whose SHA-256 differs from ``sha256``."""
-    opener = opener or urllib.request.urlopen
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f".{dest.name}.part-{os.getpid()}")
-    digest = hashlib.sha256()
+    """Download ``url`` to ``dest`` with :func:`vitlab.weights.download.fetch` (atomic, resumable), refusing
+    content whose SHA-256 differs from ``sha256``."""
     try:
-        with opener(url, timeout=timeout) as response, open(part, "wb") as out:
-            while True:
-                chunk = response.read(1 << 20)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if digest.hexdigest() != sha256:
-            raise DataError(f"{url}: SHA-256 {digest.hexdigest()} does not match the expected {sha256}")
-        os.replace(part, dest)
-    finally:
-        if part.exists():
-            part.unlink()
-    return dest
+        path, _ = fetch(url, dest, sha256=sha256, opener=opener, timeout=timeout)
+    except ChecksumError as error:
+        raise DataError(str(error)) from None
+    return path
 
 
 def download_fashion_mnist(dest: str | os.PathLike | None = None, *, urls: tuple[str, ...] | None = None,

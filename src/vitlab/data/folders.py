@@ -230,7 +230,8 @@ def flowers102(split: str = "train", *, root: str | os.PathLike, channels: int =
     ``test`` (tstid, 6,149). The archive carries no class names, so classes are ``flower_001`` ..
     ``flower_102`` unless ``class_names`` is given.
     """
-    from scipy.io import loadmat  # scikit-learn depends on scipy, so it is always installed
+    # Lazy: scipy (always installed with scikit-learn) takes most of a second to import; only Flowers-102 needs it.
+    from scipy.io import loadmat
 
     keys = {"train": ("trnid",), "val": ("valid",), "validation": ("valid",), "trainval": ("trnid", "valid"),
             "test": ("tstid",)}

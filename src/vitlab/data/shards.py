@@ -2,9 +2,10 @@
 
 A shard is a plain tar file; a sample is the group of consecutive members sharing a key (the path up to
 the first dot of the file name): ``n01440764_10026.jpg`` + ``n01440764_10026.cls`` (the label as decimal
-text). Shards are named by a list (``urls=``) or a brace pattern (``pattern="data/train-{000000..000127}.tar"``);
-entries may be local paths, ``file://``, ``http(s)://`` URLs or ``pipe:<command>`` (e.g.
-``pipe:aws s3 cp s3://bucket/shard-0001.tar -``), so data that fits no single disk can be streamed.
+text). Shards are named by a list (``urls=``), a brace pattern (``pattern="data/train-{000000..000127}.tar"``), a glob
+or a directory (its ``*.tar``); entries may be local paths, ``file://``, ``http(s)://`` URLs or ``pipe:<command>``
+(e.g. ``pipe:aws s3 cp s3://bucket/shard-0001.tar -``), so data that fits no single disk can be streamed. A
+``pipe:`` URL runs a shell command, so it needs ``allow_pipe=True`` (``data.options.allow_pipe=true``).
 
 Two ways to read them:
 
@@ -12,11 +13,11 @@ Two ways to read them:
   sample becomes addressable, so the stream keeps the full ordering contract of
   :func:`vitlab.data.build_stream` (global permutation, rank slices, exact resume, ``indices=``);
 * **streaming** (``streaming=True``, the default when any shard is remote): each epoch shuffles the shard
-  order from ``(seed, epoch)``; rank ``r`` of ``W`` reads shards ``r, r+W, ...`` and worker ``w`` of a rank's
-  ``N`` workers every N-th of those; samples pass through a seeded shuffle buffer. Use at least
-  ``W x max(N, 1)`` shards. Resume skips the consumed batches without decoding them; it is exact with
-  ``num_workers=0``, and with workers as long as no worker has run dry in the current epoch (the last
-  few batches of an epoch may come in a different order after a resume).
+  order from ``(seed, epoch)``; rank ``r`` of ``W`` reads shards ``r, r+W, ...`` and reader ``w`` of a rank's
+  ``L = max(N, 1)`` readers (``N`` worker processes) every L-th of those; samples pass through a seeded shuffle
+  buffer. Use at least ``W x L`` shards. Each reader goes on to the next epoch on its own when its shards run
+  dry, and the stream's state holds every reader's position, so resume is exact in every case (readers or ranks
+  at different points, uneven shard counts); it skips the consumed batches without decoding them.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ import torch
 
 from vitlab.data import transforms as T
 from vitlab.data.base import FileSource
+from vitlab.data.batching import Payload, crop_fn, finish_batch, pair, worker_loader
 from vitlab.data.images import DEFAULT_MAX_PIXELS, BadImage, load_image
 from vitlab.errors import ConfigError, DataError
 
@@ -69,8 +71,14 @@ def expand_pattern(pattern: str) -> list[str]:
     return [pattern]
 
 
-def open_shard(url: str):
-    """A readable binary stream for a shard (local path, file://, http(s)://, or pipe:command)."""
+def open_shard(url: str, *, allow_pipe: bool = False):
+    """A readable binary stream for a shard (local path, file://, http(s)://, or pipe:command).
+
+    A ``pipe:`` URL runs its command in a shell, so it is refused unless the user opted in (``allow_pipe``):
+    a config or a shard list from elsewhere must not be able to run commands on this machine.
+    """
+    if url.startswith("pipe:") and not allow_pipe:
+        raise ConfigError(f"shard {url!r} runs a shell command; set data.options.allow_pipe=true to allow pipe: URLs")
     try:
         if url.startswith(("http://", "https://")):
             return urllib.request.urlopen(url, timeout=60)
@@ -83,15 +91,31 @@ def open_shard(url: str):
         raise DataError(f"shard {url}: cannot open ({getattr(error, 'reason', None) or error})") from None
 
 
+def expand_shards(entries: Sequence[str]) -> list[str]:
+    """Shard URLs from entries that may be brace patterns, globs or local directories (their ``*.tar``, sorted)."""
+    urls = []
+    for entry in entries:
+        for url in expand_pattern(entry) if "{" in entry or not entry.startswith(_REMOTE) else [entry]:
+            path = os.path.expanduser(url[7:] if url.startswith("file://") else url)
+            if not url.startswith(_REMOTE) and os.path.isdir(path):
+                found = sorted(glob.glob(os.path.join(path, "*.tar")))
+                if not found:
+                    raise DataError(f"shard directory {url} holds no .tar files")
+                urls += found
+            else:
+                urls.append(url)
+    return urls
+
+
 def _split_key(name: str) -> tuple[str, str]:
     directory, base = os.path.split(name)
     key, _, ext = base.partition(".")
     return (f"{directory}/{key}" if directory else key), ext.lower()
 
 
-def iter_records(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_records(url: str, *, allow_pipe: bool = False) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield ``(key, {extension: bytes})`` for every sample of one shard, reading it as a stream."""
-    stream = open_shard(url)
+    stream = open_shard(url, allow_pipe=allow_pipe)
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
             key, parts = None, {}
@@ -142,15 +166,18 @@ class ShardSource(FileSource):
     def __init__(self, split: str = "train", *, urls: Sequence[str] | str | None = None, pattern: str | None = None,
                  classes: Sequence[str] | None = None, num_classes: int | None = None, channels: int = 3,
                  on_bad_image: str = "error", max_pixels: int = DEFAULT_MAX_PIXELS, streaming: bool | None = None,
-                 num_samples: int | None = None, shuffle_buffer: int = 1000):
+                 num_samples: int | None = None, shuffle_buffer: int = 1000, allow_pipe: bool = False):
         if (urls is None) == (pattern is None):
             raise ConfigError("shards: give exactly one of urls=[...] or pattern='...{000..009}.tar'")
-        shard_list = [urls] if isinstance(urls, str) else list(urls or [])
-        if pattern is not None:
-            shard_list = expand_pattern(pattern)
-        shard_list = [u for item in shard_list for u in (expand_pattern(item) if "{" in item else [item])]
+        shard_list = expand_shards([urls] if isinstance(urls, str) else list(urls or []) if pattern is None
+                                   else [pattern])
         if not shard_list:
             raise ConfigError("shards: the shard list is empty")
+        piped = [u for u in shard_list if u.startswith("pipe:")]
+        if piped and not allow_pipe:
+            raise ConfigError(f"shard {piped[0]!r} runs a shell command; set data.options.allow_pipe=true to allow "
+                              "pipe: URLs")
+        self.allow_pipe = bool(allow_pipe)
         super().__init__(name=f"shards:{split}", channels=channels, on_bad_image=on_bad_image,
                          max_pixels=max_pixels)
         self.urls = shard_list
@@ -253,7 +280,7 @@ class ShardSource(FileSource):
         """(name, image bytes, label) over ``urls``; through a shuffle buffer when ``rng`` is given."""
         def raw():
             for url in urls:
-                for key, parts in iter_records(url):
+                for key, parts in iter_records(url, allow_pipe=self.allow_pipe):
                     where = f"{url}:{key}"
                     image = _pick(parts, IMAGE_KEYS)
                     try:
@@ -290,70 +317,100 @@ class ShardSource(FileSource):
 
 def shards(split: str = "train", *, urls=None, pattern=None, classes=None, num_classes=None, channels=3,
            on_bad_image="error", max_pixels=DEFAULT_MAX_PIXELS, streaming=None, num_samples=None,
-           shuffle_buffer=1000) -> ShardSource:
+           shuffle_buffer=1000, allow_pipe=False) -> ShardSource:
     """WebDataset-style tar shards; see the module doc."""
     return ShardSource(split, urls=urls, pattern=pattern, classes=classes, num_classes=num_classes,
                        channels=channels, on_bad_image=on_bad_image, max_pixels=max_pixels, streaming=streaming,
-                       num_samples=num_samples, shuffle_buffer=shuffle_buffer)
+                       num_samples=num_samples, shuffle_buffer=shuffle_buffer, allow_pipe=allow_pipe)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Streaming batches
 # ---------------------------------------------------------------------------------------------------------
-class _EpochBatches(torch.utils.data.IterableDataset):
-    """One epoch of one rank's batches; in a DataLoader, each worker reads its own shards."""
+class _Readers(torch.utils.data.IterableDataset):
+    """A rank's shard readers, each making whole batches from its own shards.
 
-    def __init__(self, stream: "ShardStream", epoch: int, consumed: int):
+    Training: reader ``w`` of ``L`` reads, in epoch ``e``, every L-th of the rank's shards of that epoch's shard
+    order, and goes on to epoch ``e + 1`` when they run dry, forever; it starts at ``positions[w] = (epoch,
+    batch)``, skipping the batches before it without decoding them. Evaluation: one pass over every shard.
+    In a DataLoader the worker processes are the readers; worker ``p`` plays reader ``(p + first) % L``, so that
+    the DataLoader's round robin (worker 0 first) delivers reader ``first``'s batch first.
+    """
+
+    def __init__(self, stream: "ShardStream", positions: list[tuple[int, int]], first: int):
         self.s = stream
-        self.epoch = epoch
-        self.consumed = consumed
+        self.positions = positions
+        self.first = first
 
-    def __iter__(self):
-        from vitlab.data.loader import Payload, crop_fn, finish_batch
-
-        s = self.s
+    def __iter__(self) -> Iterator[Payload]:
         info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        order = s.source.shard_order(self.epoch, s.seed, s.train)
-        mine = order[s.rank::s.world_size] if s.train else order
-        mine = mine[worker::workers]
-        # with round-robin workers, worker w made every batch k with k % workers == w before the resume
-        skip = len(range(worker, self.consumed, workers))
-        rng = np.random.default_rng([s.seed & 0xFFFFFFFF, 0xB0F, self.epoch, s.rank, worker]) if s.train else None
-        samples = s.source.iter_samples(mine, rng)
-        for k in itertools.count():
-            group = list(itertools.islice(samples, s.batch_size))
-            if not group or (s.train and len(group) < s.batch_size):
+        readers = len(self.positions)
+        reader = ((info.id if info is not None else 0) + self.first) % readers
+        if not self.s.train:
+            yield from self._batches(self.s.source.urls[reader::readers], 0, reader, 0)
+            return
+        epoch, skip = self.positions[reader]
+        while True:
+            mine = self.s.source.shard_order(epoch, self.s.seed, True)[self.s.rank::self.s.world_size][reader::readers]
+            made = 0
+            for payload in self._batches(mine, epoch, reader, skip):
+                made += 1
+                yield payload
+                if payload.error is not None:
+                    return
+            if made == 0 and skip == 0:
+                yield Payload(None, None, error=f"{self.s.source.name}: reader {reader} of rank {self.s.rank} made no "
+                              f"batch of {self.s.batch_size} in epoch {epoch} ({len(mine)} shards); use more shards, "
+                              "fewer data.num_workers or a smaller batch")
                 return
-            if k < skip:
-                continue
-            bad_before = len(s.source.bad_files)
+            epoch, skip = epoch + 1, 0
+
+    def _batches(self, urls: list[str], epoch: int, reader: int, skip: int) -> Iterator[Payload]:
+        s = self.s
+        rng = np.random.default_rng([s.seed & 0xFFFFFFFF, 0xB0F, epoch, s.rank, reader]) if s.train else None
+        samples = s.source.iter_samples(urls, rng)
+        try:
+            for k in itertools.count():
+                group = list(itertools.islice(samples, s.batch_size))
+                if not group or (s.train and len(group) < s.batch_size):
+                    return
+                if k >= skip:
+                    yield self._make(group, epoch, k, reader)
+        except DataError as error:  # BadImage (policy "error") included: one line, carried as text
+            yield Payload(None, None, error=str(error))
+
+    def _make(self, group: list, epoch: int, k: int, reader: int) -> Payload:
+        """One batch; an unreadable image drops the whole training batch (a stream has no stand-in sample to
+        take its place) and only itself from an evaluation batch."""
+        s = self.s
+        bad_before = len(s.source.bad_files)
+        draws = T.draw(s.spec, s.seed, epoch, k, s.batch_size, extra=(s.rank, reader)) if s.train else None
+        images, labels = [], []
+        for j, (name, data, label) in enumerate(group):
             try:
-                draws = T.draw(s.spec, s.seed, self.epoch, k, s.batch_size, extra=(s.rank, worker)) if s.train else None
-                images, labels = [], []
-                for j, (name, data, label) in enumerate(group):
-                    images.append(load_image(data, channels=s.source.channels, size=s.img_size,
-                                             crop=crop_fn(draws, j, s.spec), name=name,
-                                             max_pixels=s.source.max_pixels))
-                    labels.append(label)
-                x = torch.stack(images).float()
-                y = torch.as_tensor(labels, dtype=torch.int64)
-                x, y = finish_batch(x, y, draws, s.spec, s.in_chans, s.source.num_classes)
-                yield Payload(x, y, list(s.source.bad_files[bad_before:]))
+                images.append(load_image(data, channels=s.source.channels, size=s.img_size,
+                                         crop=crop_fn(draws, j, s.spec), name=name, max_pixels=s.source.max_pixels))
+                labels.append(label)
             except BadImage as error:
                 if s.source.on_bad_image == "error":
-                    yield Payload(None, None, [], str(error))
-                    return
-                # skip: this batch is dropped (streams have no stand-in sample to take its place)
+                    raise
                 s.source.record_bad_name(error.name, error.reason)
-                yield Payload(None, None, list(s.source.bad_files[bad_before:]))
-            except DataError as error:
-                yield Payload(None, None, [], str(error))
-                return
+                if s.train:
+                    return Payload(None, None, list(s.source.bad_files[bad_before:]), key=(reader, epoch, k))
+        bad = list(s.source.bad_files[bad_before:])
+        if not images:
+            return Payload(None, None, bad, dropped=len(group), key=(reader, epoch, k))
+        x, y = finish_batch(torch.stack(images).float(), torch.as_tensor(labels, dtype=torch.int64), draws, s.spec,
+                            s.in_chans, s.source.num_classes)
+        return Payload(x, y, bad, dropped=len(group) - len(images), key=(reader, epoch, k))
 
 
 class ShardStream:
-    """The streaming counterpart of :class:`vitlab.data.BatchStream` (same interface)."""
+    """The streaming counterpart of :class:`vitlab.data.BatchStream` (the same :class:`vitlab.data.stream.Stream`).
+
+    Its state is every reader's position (epoch, next batch) and which reader delivers next, so a resume is exact
+    wherever the readers are, also when some have run dry and gone on to the next epoch before others.
+    """
 
     def __init__(self, source: ShardSource, *, spec: T.AugmentSpec, img_size: tuple[int, int], in_chans: int,
                  batch_size: int, world_size: int, rank: int, seed: int, train: bool, num_workers: int,
@@ -372,8 +429,12 @@ class ShardStream:
         self.prefetch = prefetch
         self.num_classes = source.num_classes
         self.soft_targets = train and spec.soft_targets
-        self._epoch = 0
-        self._batch = 0
+        self.readers = max(num_workers, 1)
+        self._positions = [(0, 0)] * self.readers  # (epoch, next batch) of each reader
+        self._next = 0  # the reader whose batch comes next
+        self._delivered = 0
+        self._dropped = 0
+        self._eval_loader: torch.utils.data.DataLoader | None = None  # persistent workers between passes
 
     def __len__(self) -> int:
         """Batches per epoch per rank, estimated from ``num_samples`` (shards may be uneven)."""
@@ -386,60 +447,75 @@ class ShardStream:
     def bad_files(self):
         return self.source.bad_files
 
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
     def state_dict(self) -> dict:
-        return {"epoch": self._epoch, "batch": self._batch}
+        return {"epoch": min(e for e, _ in self._positions), "batch": self._delivered,
+                "readers": [list(p) for p in self._positions], "next": self._next,
+                "batch_size": self.batch_size, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
         try:
-            self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
+            epoch, batch = int(state["epoch"]), int(state["batch"])
+            positions = [(int(e), int(k)) for e, k in state.get("readers", [])]
+            first = int(state.get("next", 0))
         except (KeyError, TypeError, ValueError):
-            raise ConfigError(f"stream state must be {{'epoch': int, 'batch': int}}, got {state!r}") from None
+            raise ConfigError(f"stream state must hold 'epoch', 'batch' and 'readers', got {state!r}") from None
+        if not positions:  # written before readers were saved: every reader was still in `epoch`
+            positions = [(epoch, len(range(w, batch, self.readers))) for w in range(self.readers)]
+            first = batch % self.readers
+        if len(positions) != self.readers:
+            raise ConfigError(f"the shard stream was saved with {len(positions)} reader(s) and resumes with "
+                              f"{self.readers}; resume with data.num_workers={len(positions)}")
+        for key, now in (("batch_size", self.batch_size), ("world_size", self.world_size)):
+            if state.get(key, now) != now:
+                raise ConfigError(f"the shard stream was saved with {key}={state[key]}; it resumes exactly only "
+                                  f"with the same value (now {now})")
+        self._positions, self._next, self._delivered = positions, first, batch
 
-    def _epoch_payloads(self, epoch: int, consumed: int):
-        from vitlab.data.loader import _threaded, _worker_init
+    def _payloads(self) -> Iterator[Payload]:
+        if not self.train:
+            readers = _Readers(self, [(0, 0)] * self.readers, 0)
+            if self.num_workers == 0:
+                return iter(readers)
+            if self._eval_loader is None:
+                self._eval_loader = worker_loader(readers, num_workers=self.num_workers, prefetch=self.prefetch,
+                                                  device=self.device)
+            return iter(self._eval_loader)
+        readers = _Readers(self, list(self._positions), self._next)
+        if self.num_workers == 0:
+            return iter(readers)
+        # the readers start from this iteration's positions, so the workers are made for it (not persistent)
+        return iter(worker_loader(readers, num_workers=self.num_workers, prefetch=self.prefetch, device=self.device,
+                                  persistent=False))
 
-        dataset = _EpochBatches(self, epoch, consumed)
-        if self.num_workers > 0:
-            return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                                                    prefetch_factor=max(self.prefetch, 1),
-                                                    worker_init_fn=_worker_init,
-                                                    pin_memory=self.device.type == "cuda"))
-        if self.prefetch > 0:
-            return _threaded(lambda p: p, iter(dataset), self.prefetch)
-        return iter(dataset)
-
-    def __iter__(self):
-        while True:
-            got = 0
-            for payload in self._epoch_payloads(self._epoch, self._batch):
-                if payload.bad_files:
-                    self.source.merge_bad_files(payload.bad_files)
-                if payload.error is not None:
-                    raise DataError(payload.error)
-                if self.train:
-                    self._batch += 1  # a batch dropped for a bad image still counts, so resume stays aligned
-                if payload.images is None:
-                    continue
-                got += 1
-                yield payload.images.to(self.device, non_blocking=True), payload.targets.to(self.device)
-            if not self.train:
-                return
-            if got == 0 and self._batch == 0:
-                raise DataError(f"{self.source.name}: an epoch produced no batch of {self.batch_size} on rank "
-                                f"{self.rank}; use more shards or a smaller batch")
-            self._epoch, self._batch = self._epoch + 1, 0
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._dropped = 0
+        for payload in self._payloads():
+            if payload.bad_files:
+                self.source.merge_bad_files(payload.bad_files)
+            if payload.error is not None:
+                raise DataError(payload.error)
+            self._dropped += payload.dropped
+            if self.train:  # a batch dropped for a bad image still moves its reader on, so resume stays aligned
+                reader, epoch, k = payload.key
+                self._positions[reader] = (epoch, k + 1)
+                self._next = (reader + 1) % self.readers
+                self._delivered += 1
+            if payload.images is None:
+                continue
+            yield payload.images.to(self.device, non_blocking=True), payload.targets.to(self.device)
 
 
 def build_shard_stream(source: ShardSource, *, batch_size: int, train: bool, img_size, in_chans, augment: str,
                        seed: int, rank: int, world_size: int, num_workers: int, device, prefetch: int) -> ShardStream:
-    from vitlab.data.loader import _pair
-
-    if batch_size <= 0 or world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"batch_size={batch_size}, rank={rank}, world_size={world_size} are not valid")
-    if train and len(source.urls) < world_size * max(num_workers, 1):
-        log.warning("%d shards for %d ranks x %d workers: some readers get none", len(source.urls), world_size,
-                    max(num_workers, 1))
-    return ShardStream(source, spec=T.get_augment(augment), img_size=_pair(img_size),
+    readers = max(num_workers, 1)
+    if train and len(source.urls) // world_size < readers:
+        raise ConfigError(f"{len(source.urls)} shards for {world_size} rank(s) x {readers} reader(s) "
+                          f"(data.num_workers): every reader needs a shard; use more shards or fewer workers")
+    return ShardStream(source, spec=T.get_augment(augment), img_size=pair(img_size),
                        in_chans=source.channels if in_chans is None else int(in_chans), batch_size=batch_size,
                        world_size=world_size, rank=rank, seed=seed, train=train, num_workers=num_workers,
                        device=torch.device(device), prefetch=prefetch)

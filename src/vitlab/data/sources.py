@@ -1,4 +1,4 @@
-"""Named data sources: ``get_source(name, split="train", **options)``.
+"""The built-in data sources, registered by name for ``get_source(name, split="train", **options)``.
 
 ==============  ==========================================================================================
 name            what it reads
@@ -16,19 +16,23 @@ synthetic       learnable class patterns plus noise, deterministic from ``seed``
 from __future__ import annotations
 
 import functools
-import inspect
 import io
 import logging
 import os
 import pickle
 import tarfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from vitlab.data.base import Source, TensorSource
+from vitlab.data.base import TensorSource
+from vitlab.data.download import FASHION_MNIST_SPLITS, ensure_fashion_mnist, find_file, read_idx
+from vitlab.data.folders import flowers102, image_folder, pets
+from vitlab.data.registry import register
+from vitlab.data.shards import shards
+from vitlab.data.splits import stratified_split
+from vitlab.data.sprites import SPRITE_FACTORIES
 from vitlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -51,8 +55,6 @@ def _check_split(name: str, split: str, allowed: tuple[str, ...]) -> None:
 # ---------------------------------------------------------------------------------------------------------
 def fashion_mnist(split: str = "train", *, root: str | os.PathLike | None = None, download: bool = True) -> TensorSource:
     """Fashion-MNIST: 60,000 train / 10,000 test grey 28x28 images of 10 clothing classes."""
-    from vitlab.data.download import FASHION_MNIST_SPLITS, ensure_fashion_mnist, find_file, read_idx
-
     _check_split("fashion_mnist", split, tuple(FASHION_MNIST_SPLITS))
     directory = ensure_fashion_mnist(root, download=download)
     image_stem, label_stem = FASHION_MNIST_SPLITS[split]
@@ -78,8 +80,6 @@ def digits(split: str = "train") -> TensorSource:
     :func:`vitlab.data.splits.stratified_split` and seed 0: the same on every machine and run.
     ``split="all"`` gives all 1,797.
     """
-    from vitlab.data.splits import stratified_split
-
     _check_split("digits", split, ("train", "test", "all"))
     images, labels = _digits_arrays()
     images, labels = images.copy(), labels.copy()
@@ -94,7 +94,7 @@ def digits(split: str = "train") -> TensorSource:
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """sklearn parses its CSV on every call (about a second); the 115 kB result is kept per process."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: importing sklearn takes about a second, only digits needs it
 
     bunch = load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)  # [1797, 8, 8]
@@ -218,51 +218,11 @@ def cifar100(split: str = "train", *, root: str | os.PathLike, label_mode: str =
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Registry
+# Registration (vitlab.data.registry holds the table; vitlab.data.subset registers its wrapper itself)
 # ---------------------------------------------------------------------------------------------------------
-def _file_factories() -> dict[str, Callable[..., Source]]:
-    from vitlab.data.folders import flowers102, image_folder, pets
-    from vitlab.data.shards import shards
-
-    return {"image_folder": image_folder, "pets": pets, "flowers102": flowers102, "shards": shards}
-
-
-def _suite_factories() -> dict[str, Callable[..., Source]]:
-    from vitlab.data.sprites import SPRITE_FACTORIES
-    from vitlab.data.subset import subset
-
-    return {**SPRITE_FACTORIES, "subset": subset}
-
-
-def _factories() -> dict[str, Callable[..., Source]]:
-    table: dict[str, Callable[..., Source]] = {
-        "fashion_mnist": fashion_mnist, "digits": digits, "cifar10": cifar10, "cifar100": cifar100,
-        "synthetic": synthetic,
-    }
-    table.update(_file_factories())
-    table.update(_suite_factories())  # sprite tasks + VTAB-style subsets (vitlab.data.sprites / .subset)
-    return table
-
-
-def list_sources() -> list[str]:
-    return sorted(_factories())
-
-
-def get_source(name: str, split: str = "train", **options) -> Source:
-    """Build the named source; unknown names and options are a :class:`ConfigError` that lists valid ones."""
-    key = name.lower().replace("-", "_")
-    key = {"fashionmnist": "fashion_mnist", "oxford_iiit_pet": "pets", "oxford_flowers102": "flowers102",
-           "flowers": "flowers102", "folder": "image_folder", "webdataset": "shards"}.get(key, key)
-    table = _factories()
-    if key not in table:
-        raise ConfigError(f"unknown data source {name!r}; expected one of {sorted(table)}")
-    factory = table[key]
-    accepted = [p for p in inspect.signature(factory).parameters if p != "split"]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(f"{key}: unknown option(s) {unknown}; accepted: {accepted}")
-    params = inspect.signature(factory).parameters
-    missing = [p for p in accepted if params[p].default is inspect.Parameter.empty and p not in options]
-    if missing:
-        raise ConfigError(f"{key}: missing required option(s) {missing}, e.g. get_source({key!r}, root='/path')")
-    return factory(split, **options)
+for _name, _factory in {
+    "fashion_mnist": fashion_mnist, "digits": digits, "cifar10": cifar10, "cifar100": cifar100,
+    "synthetic": synthetic, "image_folder": image_folder, "pets": pets, "flowers102": flowers102,
+    "shards": shards, **SPRITE_FACTORIES,
+}.items():
+    register(_name, _factory)

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import torch
 
 from vitlab.data.base import FileSource, Source, TensorSource
+from vitlab.data.registry import get_source, register
+from vitlab.data.splits import nested_subsets
 from vitlab.errors import ConfigError
 
 
@@ -42,9 +44,6 @@ def subset(split: str = "train", *, source: str, size: int = 1000, seed: int = 0
            cap: int | None = None) -> Source:
     """``size`` examples of ``source``'s ``split`` when it is one of ``subset_splits``; otherwise the whole split
     (at most ``cap`` examples). ``options`` are passed to the underlying source."""
-    from vitlab.data.sources import get_source
-    from vitlab.data.splits import nested_subsets
-
     if source == "subset":
         raise ConfigError("subset: source='subset' would wrap itself; name a real source")
     base = get_source(source, split=split, **(options or {}))
@@ -58,3 +57,6 @@ def subset(split: str = "train", *, source: str, size: int = 1000, seed: int = 0
         raise ConfigError(f"subset: source {source!r} has no labels array to draw a balanced subset from")
     (indices,) = nested_subsets(labels, [limit], seed=seed)
     return take(base, indices.tolist(), name=f"{source}:{split}[{limit}]")
+
+
+register("subset", subset)

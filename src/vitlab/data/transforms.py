@@ -264,6 +264,18 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return x.mul(1.0 / 127.5).sub_(1.0)
 
 
+def eval_preprocessing(img_size: int | tuple[int, int], in_chans: int, channels: int | None = None) -> dict:
+    """How evaluation turns an image file into the model's input, as data that a checkpoint carries.
+
+    Decode to ``channels`` (1: grey, 3: RGB), resize the whole image to ``img_size`` (bilinear, antialiased when
+    shrinking), scale pixels to [0, 1], subtract ``mean`` and divide by ``std`` (0.5 and 0.5: :func:`normalize`'s
+    [-1, 1]), then repeat grey to RGB or take the luma of RGB to reach ``in_chans`` (:func:`adapt_channels`).
+    """
+    size = (int(img_size), int(img_size)) if isinstance(img_size, int) else tuple(int(v) for v in img_size)
+    return {"img_size": list(size), "resize": "bilinear", "mean": [0.5] * in_chans, "std": [0.5] * in_chans,
+            "channels": int(channels or in_chans), "in_chans": int(in_chans)}
+
+
 # --------------------------------------------------------------------------------------------------------
 # RandAugment on batches
 # --------------------------------------------------------------------------------------------------------

@@ -13,13 +13,20 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from vitlab.data import get_source
 from vitlab.errors import ConfigError
+from vitlab.evaluate.fewshot import fewshot_evaluate
+from vitlab.models.registry import create_model
+from vitlab.train.distributed import pick_device
+from vitlab.weights import resolve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint",
-                       help="a .safetensors file, a run directory (its best checkpoint) or an official .npz")
+                       help="weights: .safetensors, run directory, official .npz, timm:NAME[@FILE] or hf:NAME")
     which.add_argument("--model", help="a model name, randomly initialised (the control for a pre-trained one)")
     parser.add_argument("--dataset", default="fashion_mnist", help="a vitlab data source (default fashion_mnist)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -63,8 +70,6 @@ def parse_l2(text: str | float) -> float | str:
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:
-    import yaml
-
     options: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -76,22 +81,15 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 def frozen_model(checkpoint: str | None, name: str | None, img_size: int | None, in_chans: int | None):
     """The model to evaluate: a checkpoint (moved to ``img_size`` if given) or a random-init named model."""
-    import vitlab
-    from vitlab.evaluate.fewshot import load_frozen_model
-
     if checkpoint:
-        model = load_frozen_model(checkpoint, img_size)
+        model = resolve(checkpoint).build(img_size=img_size)
         if in_chans is not None and in_chans != model.config.in_chans:
             raise ConfigError(f"--in-chans {in_chans}: {checkpoint} takes {model.config.in_chans}-channel images")
         return model
-    return vitlab.create_model(name, num_classes=0, img_size=img_size, in_chans=in_chans or 3)
+    return create_model(name, num_classes=0, img_size=img_size, in_chans=in_chans or 3)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.data import get_source
-    from vitlab.evaluate.fewshot import fewshot_evaluate
-    from vitlab.train.distributed import pick_device
-
     shots, l2 = parse_shots(args.shots), parse_l2(args.l2)
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: expected a positive integer")

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 
 from vitlab.errors import ConfigError
+from vitlab.evaluate.suite import MODES, grouped_table, load_suite, run_suite
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", default="small", help="a packaged suite name (default: small) or a YAML file")
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", help="pre-trained weights: a .safetensors file or a run directory")
+    which.add_argument("--checkpoint", help="pre-trained weights: .safetensors, run directory, official .npz, timm:NAME[@FILE] or hf:NAME")
     which.add_argument("--model", help="a model name trained from scratch / probed at random init (the control)")
     parser.add_argument("--mode", default="both", choices=("both", "finetune", "fewshot"),
                         help="fine-tune every task, few-shot probe it, or both (default)")
@@ -31,8 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.evaluate.suite import MODES, grouped_table, load_suite, run_suite
-
     suite = load_suite(args.suite)
     modes = MODES if args.mode == "both" else (args.mode,)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None

@@ -26,6 +26,8 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from vitlab.data import build_stream
+from vitlab.data.splits import few_shot_indices
 from vitlab.errors import ConfigError, DataError, ShapeError
 
 log = logging.getLogger(__name__)
@@ -186,42 +188,11 @@ def extract_features(model: nn.Module, batches: Iterable[tuple[torch.Tensor, tor
     return torch.cat(feats), torch.cat(labels).long()
 
 
-def load_frozen_model(checkpoint: str, img_size: int | None = None) -> nn.Module:
-    """Weights to probe: our ``.safetensors`` (or a run directory's best checkpoint) or an official ``.npz``,
-    moved to ``img_size`` when given (position embeddings interpolated)."""
-    import vitlab
-    from vitlab.train.evaluation import resolve_weights
-
-    weights = resolve_weights(checkpoint)
-    overrides = {"img_size": img_size} if img_size else {}
-    if weights.suffix == ".npz":
-        from vitlab.interop.official import load_npz_any
-
-        return load_npz_any(weights, **overrides)
-    return vitlab.load_model(weights, **overrides)
-
-
 # ---- sampling shots ----------------------------------------------------------------------------------------
 def sample_shots(labels: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
-    """``shots`` indices per class, drawn without replacement, deterministic from ``seed``.
-
-    Uses the data layer's :func:`vitlab.data.splits.few_shot_indices` when it is present, so that every
-    tool of vitlab draws the same k-shot subsets.
-    """
-    try:
-        from vitlab.data.splits import few_shot_indices
-    except ImportError:  # pragma: no cover - the data layer ships splits; this keeps the solver usable alone
-        few_shot_indices = None
-    if few_shot_indices is not None:
-        return torch.as_tensor(few_shot_indices(labels, shots, seed), dtype=torch.int64)
-    generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for cls in torch.unique(labels).tolist():
-        members = torch.nonzero(labels == cls).flatten()
-        if len(members) < shots:
-            raise DataError(f"class {cls} has {len(members)} examples, fewer than {shots} shots")
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:shots]])
-    return torch.cat(chosen).sort().values
+    """``shots`` indices per class, drawn without replacement, deterministic from ``seed``: the data layer's
+    :func:`vitlab.data.splits.few_shot_indices`, so that every tool of vitlab draws the same k-shot subsets."""
+    return torch.as_tensor(few_shot_indices(labels, shots, seed), dtype=torch.int64)
 
 
 # ---- the whole evaluation ----------------------------------------------------------------------------------
@@ -340,8 +311,6 @@ def fewshot_evaluate(model: nn.Module, train_source: Any, test_source: Any, *,
     train images), plus the test set (``test_limit`` caps it with a fixed random subset). With ``l2="dev"``
     a dev split of ``dev_size`` images is held out of the train pool first and never drawn as a shot.
     """
-    from vitlab.data import build_stream
-
     size, chans = _model_input(model, img_size, in_chans)
     train_labels = _labels_of(train_source)
     num_classes = int(getattr(train_source, "num_classes", int(train_labels.max()) + 1))
@@ -349,7 +318,11 @@ def fewshot_evaluate(model: nn.Module, train_source: Any, test_source: Any, *,
     def features(source: Any, indices: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         stream = build_stream(source, batch_size=batch_size, train=False, img_size=size, in_chans=chans,
                               indices=None if indices is None else indices.tolist())
-        return extract_features(model, stream, representation_name=representation_name, device=device)
+        found = extract_features(model, stream, representation_name=representation_name, device=device)
+        if stream.dropped and source is train_source:  # evaluation streams leave bad images out, never replace
+            raise DataError(f"{getattr(source, 'name', 'train source')}: {stream.dropped} unreadable image(s) in the "
+                            "few-shot pool; pass verify='full' to drop bad files from the source up front")
+        return found
 
     pool = torch.arange(len(train_labels))
     dev_feats = dev_labels = None

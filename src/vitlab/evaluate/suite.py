@@ -37,7 +37,14 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 import yaml
 
+from vitlab.config import load_config
+from vitlab.data import get_source
 from vitlab.errors import ConfigError, ResumeMismatchError
+from vitlab.evaluate.fewshot import fewshot_evaluate
+from vitlab.models.registry import create_model
+from vitlab.train import finetune
+from vitlab.train.distributed import pick_device
+from vitlab.weights import resolve
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +215,6 @@ def finetune_config(suite: Suite, task: Task, *, checkpoint: str | None, model_n
                     in_chans: int, config: str | None = None, overrides: Iterable[str] = ()):
     """The run config of one task: the preset, the suite's scale-down (unless ``config`` replaces the preset),
     the task's data, the model, then the user's ``key=value`` overrides."""
-    from vitlab.config import load_config
-
     keys: dict[str, Any] = dict(suite.finetune_overrides) if config is None else {}
     keys.update({
         "task": "finetune",
@@ -233,30 +238,19 @@ def finetune_config(suite: Suite, task: Task, *, checkpoint: str | None, model_n
 
 def _frozen_model(cfg, checkpoint: str | None) -> torch.nn.Module:
     """The few-shot model at the task's resolution: the checkpoint, or the config's architecture at random."""
-    import vitlab
-
     size = cfg.data.img_size
     if checkpoint:
-        from vitlab.evaluate.fewshot import load_frozen_model
-
-        return load_frozen_model(checkpoint, size)
+        return resolve(checkpoint).build(img_size=size)
     torch.manual_seed(cfg.seed)
     kwargs = dict(cfg.model.overrides)
-    return vitlab.create_model(cfg.model.name, num_classes=0, img_size=size, in_chans=cfg.data.in_chans or 3,
+    return create_model(cfg.model.name, num_classes=0, img_size=size, in_chans=cfg.data.in_chans or 3,
                                **kwargs)
 
 
 def model_in_chans(checkpoint: str | None, model_name: str | None, overrides: Iterable[str] = ()) -> int:
     """Input channels of the evaluated model (a grey task is repeated to 3 channels for an RGB model)."""
     if checkpoint:
-        from vitlab.models.weights import read_safetensors
-        from vitlab.train.evaluation import resolve_weights
-
-        weights = resolve_weights(checkpoint)
-        if weights.suffix == ".safetensors":
-            _, metadata = read_safetensors(weights)
-            return int(json.loads(metadata.get("vitlab.config", "{}")).get("in_chans", 3))
-        return 3
+        return resolve(checkpoint).in_chans
     for item in overrides:
         key, _, value = item.partition("=")
         if key.strip() in ("data.in_chans", "in_chans"):
@@ -269,11 +263,6 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, *, checkpoint: str | Non
               overrides: Iterable[str] = (), tasks: Sequence[str] | None = None,
               device: str = "auto") -> list[TaskResult]:
     """Run every task of ``suite`` (or those named in ``tasks``) and write the grouped report to ``out_dir``."""
-    from vitlab.data import get_source
-    from vitlab.evaluate.fewshot import fewshot_evaluate
-    from vitlab.train import finetune
-    from vitlab.train.distributed import pick_device
-
     if not checkpoint and not model_name:
         raise ConfigError("suite: give a checkpoint (pre-trained weights) or a model name (random init)")
     bad_modes = sorted(set(modes) - set(MODES))
@@ -310,8 +299,7 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, *, checkpoint: str | Non
                 raise KeyboardInterrupt
             result.finetune_accuracy = float(summary["metrics"]["test_accuracy"])
         if "fewshot" in modes:
-            result.fewshot, result.fewshot_std = _task_fewshot(suite, task, cfg, checkpoint, out, device,
-                                                               get_source, fewshot_evaluate, pick_device)
+            result.fewshot, result.fewshot_std = _task_fewshot(suite, task, cfg, checkpoint, out, device)
         result.seconds = time.perf_counter() - start
         results.append(result)
     settings = {"checkpoint": str(checkpoint) if checkpoint else None, "model": model_name,
@@ -320,7 +308,7 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, *, checkpoint: str | Non
     return results
 
 
-def _task_fewshot(suite, task, cfg, checkpoint, out, device, get_source, fewshot_evaluate, pick_device):
+def _task_fewshot(suite, task, cfg, checkpoint, out, device):
     """Few-shot accuracies of one task (cached in OUT/<task>/fewshot.json with the settings that made them)."""
     spec = suite.fewshot
     settings = {"checkpoint": str(checkpoint), "model": cfg.model.name, "options": cfg.data.options,

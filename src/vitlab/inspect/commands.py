@@ -11,11 +11,17 @@ from pathlib import Path
 
 import torch
 
+from vitlab.data import build_stream, get_source
 from vitlab.errors import ConfigError
+from vitlab.inspect.attention import mean_attention_distance, rollout_heatmap
+from vitlab.inspect.embeddings import embedding_filters, position_similarity
+from vitlab.inspect.figures import distance_figure, filters_figure, heatmap_overlay, similarity_figure, tile
+from vitlab.models.registry import create_model
+from vitlab.weights import resolve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", help="vitlab .safetensors or official .npz")
+    parser.add_argument("--checkpoint", help="weights: .safetensors, run directory, official .npz, timm:NAME or hf:NAME")
     parser.add_argument("--model", help="model name (random weights) when no checkpoint is given")
     parser.add_argument("--dataset", default="fashion_mnist", help="source of the images to inspect")
     parser.add_argument("--split", default="test")
@@ -26,27 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_subject(args: argparse.Namespace) -> torch.nn.Module:
     if args.checkpoint:
-        path = Path(args.checkpoint)
-        if path.suffix == ".npz":
-            from vitlab.interop.official import load_npz_any
-
-            return load_npz_any(path).eval()
-        from vitlab.models.weights import load_model
-
-        return load_model(path).eval()
+        return resolve(args.checkpoint).build().eval()
     if args.model:
-        from vitlab.models.registry import create_model
-
         return create_model(args.model).eval()
     raise ConfigError("vitlab inspect needs --checkpoint PATH or --model NAME")
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.data import build_stream, get_source
-    from vitlab.inspect.attention import mean_attention_distance, rollout_heatmap
-    from vitlab.inspect.embeddings import embedding_filters, position_similarity
-    from vitlab.inspect.figures import distance_figure, filters_figure, heatmap_overlay, similarity_figure, tile
-
     model = load_subject(args)
     if getattr(model, "family", "") != "vit" or model.config.is_hybrid:
         raise ConfigError("vitlab inspect works on plain ViT models (attention maps, patch filters)")

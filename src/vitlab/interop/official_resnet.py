@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from vitlab.errors import CheckpointError
-from vitlab.interop.official import KeyMap
+from vitlab.interop.keymap import KeyMap
 
 BIT_PREFIX = "resnet/"
 BIT_STEM_WIDTH = 64  # stem channels of BiT at width factor 1
@@ -24,8 +24,8 @@ BIT_STEM_WIDTH = 64  # stem channels of BiT at width factor 1
 
 def _gn(official_scope: str, ours: str, scale: str, bias: str) -> list[KeyMap]:
     return [
-        KeyMap(f"{official_scope}/{scale}", f"{ours}.weight", "same"),
-        KeyMap(f"{official_scope}/{bias}", f"{ours}.bias", "same"),
+        KeyMap(f"{official_scope}/{scale}", f"{ours}.weight", "norm"),  # [C] or [1, 1, 1, C]
+        KeyMap(f"{official_scope}/{bias}", f"{ours}.bias", "norm"),
     ]
 
 

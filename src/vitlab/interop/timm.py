@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from vitlab.errors import CheckpointError
+from vitlab.interop.timm_resnet import from_timm_resnetv2, hybrid_fields_from_timm, hybrid_state_from_timm
 from vitlab.models.registry import build_from_config
 from vitlab.models.weights import load_weights
 
@@ -21,8 +22,6 @@ def from_timm(timm_model: nn.Module) -> nn.Module:
     """Our model with ``timm_model``'s architecture and weights (random or pretrained, no download here)."""
     kind = type(timm_model).__name__
     if kind == "ResNetV2":
-        from vitlab.interop.timm_resnet import from_timm_resnetv2
-
         return from_timm_resnetv2(timm_model)
     if kind != "VisionTransformer":
         raise CheckpointError(f"from_timm supports timm VisionTransformer and ResNetV2 models, got {kind}")
@@ -30,8 +29,6 @@ def from_timm(timm_model: nn.Module) -> nn.Module:
     model = build_from_config("vit", fields)
     state = {("pos_embed.weight" if key == "pos_embed" else key): value for key, value in timm_model.state_dict().items()}
     if fields.get("hybrid_layers") is not None:
-        from vitlab.interop.timm_resnet import hybrid_state_from_timm
-
         state = hybrid_state_from_timm(timm_model, state)
     load_weights(model, state, source=f"timm {kind}")
     return model
@@ -59,8 +56,6 @@ def vit_config_from_timm(m: nn.Module) -> dict[str, Any]:
         qkv_bias=block.attn.qkv.bias is not None,
     )
     if hasattr(m.patch_embed, "backbone"):
-        from vitlab.interop.timm_resnet import hybrid_fields_from_timm
-
         fields.update(hybrid_fields_from_timm(m))
     return fields
 

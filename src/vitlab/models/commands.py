@@ -11,7 +11,7 @@ import fnmatch
 
 from vitlab.errors import ConfigError
 from vitlab.models.counts import analytic_counts, hybrid_stride
-from vitlab.models.registry import canonical_name, list_models, model_spec
+from vitlab.models.names import canonical_name, list_models, model_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

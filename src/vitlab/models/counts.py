@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+from vitlab.models.names import model_spec
+
 
 def hybrid_stride(hybrid_layers: Optional[Sequence[int]]) -> int:
     """Stride of a hybrid's ResNet: 4 from the root (conv and max-pool), x2 for each stage after the first; 1 for a
@@ -114,8 +116,6 @@ def analytic_counts(name: str, img_size: int = 224, num_classes: int = 1000, in_
     Raises NotImplementedError for options the formulas do not cover (then use :func:`count_params` and
     :func:`count_macs`, which build and trace the model).
     """
-    from vitlab.models.registry import model_spec
-
     family, fields = model_spec(name)
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     fields = {**fields, "img_size": size, "num_classes": num_classes, "in_chans": in_chans, **overrides}

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab.errors import ConfigError
+from vitlab.models.layers import check_image_shape, hybrid_stride, lecun_normal_
 from vitlab.models.resnet import StdConv2d, pad_same
-from vitlab.models.vit import check_image_shape, hybrid_stride, lecun_normal_
 
 if TYPE_CHECKING:
     from vitlab.models.vit import ViTConfig

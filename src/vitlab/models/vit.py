@@ -20,7 +20,8 @@ from torch import nn
 
 from vitlab.errors import ConfigError, ShapeError
 from vitlab.models import kernels
-from vitlab.models.counts import hybrid_stride  # noqa: F401  (re-exported: the models' stride rule)
+from vitlab.models.hybrid import HybridEmbed  # the ResNet stem of the hybrid models
+from vitlab.models.layers import check_image_shape, hybrid_stride, lecun_normal_
 from vitlab.models.posemb import POSEMB_KINDS, build_pos_embed
 
 CLASSIFIERS = ("token", "gap")
@@ -117,14 +118,6 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={value!r} is unknown; expected one of {', '.join(choices)}")
 
 
-def lecun_normal_(tensor: torch.Tensor) -> torch.Tensor:
-    """Flax's ``lecun_normal``: truncated normal (at 2 std) with variance 1 / fan_in."""
-    fan_in = tensor[0].numel()
-    # 0.8796... is the std of a unit normal truncated to [-2, 2]; dividing by it restores the intended variance.
-    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
-    return nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
-
-
 class PatchEmbed(nn.Module):
     """Cut the image into P x P patches and embed each linearly: ``[B, C, H, W] -> [B, N, D]``."""
 
@@ -153,19 +146,6 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     batch, chans, height, width = images.shape
     grid = images.reshape(batch, chans, height // patch, patch, width // patch, patch)
     return grid.permute(0, 2, 4, 1, 3, 5).reshape(batch, (height // patch) * (width // patch), chans * patch * patch)
-
-
-def check_image_shape(images: torch.Tensor, in_chans: int, img_size: tuple[int, int]) -> None:
-    """A clear error instead of a shape mismatch deep inside a conv or the position embedding."""
-    if images.ndim != 4:
-        raise ShapeError(f"expected images [B, C, H, W], got shape {tuple(images.shape)}")
-    if images.shape[1] != in_chans:
-        raise ShapeError(f"expected {in_chans} input channels, got {images.shape[1]} (shape {tuple(images.shape)})")
-    if tuple(images.shape[2:]) != tuple(img_size):
-        raise ShapeError(
-            f"expected {img_size[0]}x{img_size[1]} images, got {images.shape[2]}x{images.shape[3]}; "
-            "resize the input or call model.set_input_size()"
-        )
 
 
 class Attention(nn.Module):
@@ -290,8 +270,6 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.config = cfg
         if cfg.is_hybrid:
-            from vitlab.models.hybrid import HybridEmbed  # the ResNet stem of the hybrid models
-
             self.patch_embed: nn.Module = HybridEmbed(cfg)
         else:
             self.patch_embed = PatchEmbed(cfg)

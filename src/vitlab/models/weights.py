@@ -11,15 +11,52 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from vitlab.errors import CheckpointError
+from vitlab.models.registry import build_from_config
 
 FORMAT_KEY = "vitlab.format"
 FORMAT_VERSION = "1"
+# What inference needs besides the weights, kept in the metadata so that prediction needs no config. Files
+# written before these keys existed simply lack them; readers fall back to the model's config.
+CLASSES_KEY = "vitlab.classes"  # JSON list of class names, index = logit
+PREPROCESSING_KEY = "vitlab.preprocessing"  # JSON object, see vitlab.data.transforms.eval_preprocessing
+INFERENCE_ATTR = "inference_meta"  # the model attribute that carries {"classes": [...], "preprocessing": {...}}
+
+
+def inference_meta(model: nn.Module) -> dict[str, Any]:
+    """``{"classes": [...], "preprocessing": {...}}`` attached to ``model`` (empty when none is)."""
+    return dict(getattr(model, INFERENCE_ATTR, None) or {})
+
+
+def set_inference_meta(model: nn.Module, *, classes: Sequence[str] | None = None,
+                       preprocessing: Mapping[str, Any] | None = None) -> nn.Module:
+    """Attach class names and preprocessing to ``model``; :func:`save_model` writes them into the file."""
+    meta = inference_meta(model)
+    if classes is not None:
+        meta["classes"] = [str(c) for c in classes]
+    if preprocessing is not None:
+        meta["preprocessing"] = dict(preprocessing)
+    setattr(model, INFERENCE_ATTR, meta)
+    return model
+
+
+def read_inference_meta(metadata: Mapping[str, str], source: str = "checkpoint") -> dict[str, Any]:
+    """The inference metadata of a safetensors header (keys absent in older files are left out)."""
+    meta: dict[str, Any] = {}
+    for key, name in ((CLASSES_KEY, "classes"), (PREPROCESSING_KEY, "preprocessing")):
+        if key in metadata:
+            try:
+                meta[name] = json.loads(metadata[key])
+            except ValueError as error:
+                raise CheckpointError(f"{source}: metadata {key} is not valid JSON ({error})") from None
+    return meta
 
 
 def model_family(model: nn.Module) -> str:
@@ -49,23 +86,37 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
             os.unlink(tmp)
 
 
-def save_model(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write the weights and the config that rebuilds the model (atomically)."""
-    from safetensors.torch import save_file
+def save_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    classes: Sequence[str] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
+) -> None:
+    """Write the weights and the config that rebuilds the model (atomically).
 
+    ``classes`` (the names behind the head's outputs) and ``preprocessing`` (mean, std, interpolation of the
+    weights' training data) are stored when known, so that ``vitlab.weights.resolve`` can report them without
+    the data set; by default they are what :func:`set_inference_meta` attached to the model.
+    """
     metadata = {
         FORMAT_KEY: FORMAT_VERSION,
         "vitlab.family": model_family(model),
         "vitlab.config": json.dumps(config_dict(model)),
     }
+    meta = inference_meta(model)
+    classes = meta.get("classes") if classes is None else classes
+    preprocessing = meta.get("preprocessing") if preprocessing is None else preprocessing
+    if classes is not None:
+        metadata[CLASSES_KEY] = json.dumps([str(name) for name in classes])
+    if preprocessing is not None:
+        metadata[PREPROCESSING_KEY] = json.dumps(dict(preprocessing))
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """State dict and metadata of a safetensors file; a missing or corrupt file is a CheckpointError naming it."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
@@ -78,10 +129,20 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     return state, metadata
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a safetensors file without reading its tensors (cheap even for ViT-H)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as error:  # safetensors raises several types for truncated / garbled files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+
+
 def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     """Rebuild a model saved by :func:`save_model`; ``overrides`` change config fields (e.g. ``img_size=384``)."""
-    from vitlab.models.registry import build_from_config
-
     state, metadata = read_safetensors(path)
     if "vitlab.config" not in metadata:
         raise CheckpointError(f"{path}: no vitlab config in the metadata (not written by vitlab.save_model)")
@@ -89,6 +150,9 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     fields.update(overrides)
     model = build_from_config(metadata["vitlab.family"], fields)
     load_weights(model, state, source=str(path))
+    meta = read_inference_meta(metadata, str(path))
+    if meta:
+        setattr(model, INFERENCE_ATTR, meta)
     return model
 
 
@@ -122,47 +186,6 @@ def load_weights(
         for key, value in state.items():
             if key in expected:
                 expected[key].copy_(value)
-
-
-def load_for_finetune(
-    path: str | os.PathLike,
-    *,
-    num_classes: int,
-    img_size: int | tuple[int, int] | None = None,
-    model: str | None = None,
-    **overrides: Any,
-) -> nn.Module:
-    """The paper's transfer set-up (Section 3.2): same backbone at ``img_size``, pre-logits removed, new zero head.
-
-    ``path`` is our ``.safetensors`` or an official ``.npz`` (whose architecture is read from its keys, or taken
-    from ``model`` when given).
-    """
-    from vitlab.models.registry import build_from_config, create_model
-
-    path = Path(path)
-    if path.suffix == ".npz":
-        from vitlab.interop import official
-
-        source = official.load_npz_any(path, model_name=model)
-    else:
-        source = load_model(path)
-    family = model_family(source)
-    fields = config_dict(source)
-    fields.update(num_classes=num_classes, **overrides)
-    for pretraining_only in ("representation_size", "mpp_classes"):  # pre-logits and the masked-patch head
-        if pretraining_only in fields:
-            fields[pretraining_only] = None if pretraining_only == "representation_size" else 0
-    if img_size is not None:
-        fields["img_size"] = img_size
-    target = build_from_config(family, fields) if model is None else create_model(model, **fields)
-    dropped = ("head.", "pre_logits.", "fc.", "mpp_head.", "mask_token")
-    transferable = {key: value for key, value in source.state_dict().items() if not key.startswith(dropped)}
-    head_keys = [key for key in target.state_dict() if key.startswith(dropped)]
-    load_weights(target, transferable, source=str(path), strict=False)
-    missing = sorted(set(target.state_dict()) - set(transferable) - set(head_keys))
-    if missing:
-        raise CheckpointError(f"{path} does not provide {_short(missing)} for fine-tuning")
-    return target
 
 
 def _short(keys: list[str], limit: int = 8) -> str:

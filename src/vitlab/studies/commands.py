@@ -5,6 +5,10 @@ import argparse
 
 import yaml
 
+from vitlab.errors import ConfigError
+from vitlab.studies.report import markdown_table
+from vitlab.studies.study import load_study, run_study
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", help="a study preset (data-size-fmnist, scaling-fmnist) or a YAML file")
@@ -14,10 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.errors import ConfigError
-    from vitlab.studies.report import markdown_table
-    from vitlab.studies.study import load_study, run_study
-
     overrides = {}
     for item in args.overrides:
         if "=" not in item:

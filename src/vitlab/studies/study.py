@@ -22,9 +22,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 import yaml
 
+from vitlab.config import load_config
+from vitlab.data import get_source
+from vitlab.data.splits import nested_subsets
 from vitlab.errors import ConfigError
+from vitlab.evaluate.fewshot import fewshot_evaluate
+from vitlab.models.flops import count_model_macs
+from vitlab.models.weights import load_model
+from vitlab.studies.report import write_report
+from vitlab.train import pretrain
 
 log = logging.getLogger(__name__)
 PRESET_PACKAGE = "vitlab.studies.presets"
@@ -114,8 +123,6 @@ class Point:
 
 def run_study(study: Study, out_dir: str | Path, resume: bool = True) -> list[Point]:
     """Train and evaluate every point; finished points (``point.json`` present) are reused when ``resume``."""
-    from vitlab.config import load_config
-
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(yaml.safe_dump(dataclasses.asdict(study), sort_keys=False))
@@ -136,18 +143,11 @@ def run_study(study: Study, out_dir: str | Path, resume: bool = True) -> list[Po
                 cfg = cfg.override({"train.steps": value})
             points.append(_run_point(study, cfg, label, value, out / "runs" / tag, resume))
             point_file.write_text(json.dumps(dataclasses.asdict(points[-1]), indent=2))
-    from vitlab.studies.report import write_report
-
     write_report(study, points, out)
     return points
 
 
 def _run_point(study: Study, cfg, label: str, value: int, run_dir: Path, resume: bool) -> Point:
-    from vitlab.data import get_source
-    from vitlab.models.flops import count_model_macs
-    from vitlab.models.weights import load_model
-    from vitlab.train import pretrain
-
     source = get_source(cfg.data.dataset, split=cfg.data.train_split, **cfg.data.options)
     size = len(source)
     if study.kind == "data_size":
@@ -174,8 +174,6 @@ def _run_point(study: Study, cfg, label: str, value: int, run_dir: Path, resume:
 
 def _subset_exclusions(source, size: int, study: Study, run_dir: Path) -> Path:
     """The complement of the nested subset of ``size`` images, as an exclusion list the engine honours."""
-    from vitlab.data.splits import nested_subsets
-
     labels = getattr(source, "labels", None)
     kept = set(int(i) for i in nested_subsets(labels if labels is not None else len(source), [size], seed=study.subset_seed)[0])
     path = run_dir / "excluded.txt"
@@ -185,9 +183,6 @@ def _subset_exclusions(source, size: int, study: Study, run_dir: Path) -> Path:
 
 
 def _fewshot(model, evaluation: Evaluation) -> dict[str, float]:
-    from vitlab.data import get_source
-    from vitlab.evaluate.fewshot import fewshot_evaluate
-
     train = get_source(evaluation.dataset, split=evaluation.train_split)
     test = get_source(evaluation.dataset, split=evaluation.test_split)
     report = fewshot_evaluate(
@@ -199,8 +194,6 @@ def _fewshot(model, evaluation: Evaluation) -> dict[str, float]:
 
 
 def _forward_macs(model, count_model_macs) -> int:
-    import torch
-
     size = getattr(model.config, "img_size", (224, 224))
     size = (size, size) if isinstance(size, int) else tuple(size)
     images = torch.zeros(1, model.config.in_chans, *size)

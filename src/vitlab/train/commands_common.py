@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vitlab.config import RunConfig, list_presets, load_config
 from vitlab.errors import ConfigError
+from vitlab.train.distributed import env_world
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ def exit_status(summary: dict) -> int:
 
 
 def print_summary(summary: dict, out: str) -> None:
-    from vitlab.train.distributed import env_world
-
     if env_world()[0] != 0 or summary.get("interrupted"):
         return
     log.debug("summary: %s", json.dumps(summary))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 
 from vitlab.train.commands_common import add_run_arguments, config_from_args, exit_status, print_summary
+from vitlab.train.distributed import shutdown
+from vitlab.train.runs import finetune
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,9 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.train.distributed import shutdown
-    from vitlab.train.runs import finetune
-
     cfg = config_from_args(args)
     sweep = args.sweep
     if sweep is not None and sweep.strip().lower() in ("none", ""):

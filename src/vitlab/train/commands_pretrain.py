@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 
 from vitlab.train.commands_common import add_run_arguments, config_from_args, exit_status, print_summary
+from vitlab.train.distributed import shutdown
+from vitlab.train.runs import pretrain
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,9 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitlab.train.distributed import shutdown
-    from vitlab.train.runs import pretrain
-
     cfg = config_from_args(args)
     clean = False
     try:

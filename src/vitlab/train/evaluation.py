@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitlab.data import build_stream, get_source
 from vitlab.errors import CheckpointError
+from vitlab.train.distributed import pick_device
+from vitlab.weights import resolve
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +97,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def resolve_weights(path: str | Path) -> Path:
-    """A weights file from a path that may be a run directory (its best, else last, checkpoint)."""
-    path = Path(path)
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / "best.safetensors", path / "checkpoints" / "last.safetensors",
-                          path / "best.safetensors"):
-            if candidate.is_file():
-                return candidate
-        raise CheckpointError(f"{path}: a directory without checkpoints/best.safetensors or last.safetensors")
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    return path
-
-
 def evaluate_checkpoint(
     path: str | Path,
     dataset: str,
@@ -121,26 +110,22 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Top-1 accuracy (a fraction) of a saved model on ``dataset``/``split``.
 
-    ``path``: a ``.safetensors`` file written by vitlab or a run directory. ``img_size`` evaluates at another
+    ``path``: any weights reference :func:`vitlab.weights.resolve` reads (a ``.safetensors`` file, a run
+    directory, an official ``.npz``, ``timm:NAME``, ``hf:NAME``). ``img_size`` evaluates at another
     resolution (position embeddings are interpolated); by default the model's own. Options for the data
     source go as keywords (``root="/data/pets"``) or, when a name clashes with a parameter here (the synthetic
     source's ``img_size``), in ``source_options``.
     """
     source_options = {**(source_options or {}), **more_source_options}
-    import vitlab
-    from vitlab.data import build_stream, get_source
-    from vitlab.train.distributed import pick_device
-
-    weights = resolve_weights(path)
-    overrides = {"img_size": img_size} if img_size is not None else {}
-    model = vitlab.load_model(weights, **overrides)
+    weights = resolve(path)
+    model = weights.build(img_size=img_size)
     config = model.config
     size = config.img_size[0] if isinstance(config.img_size, (tuple, list)) else config.img_size
     source = get_source(dataset, split=split, **source_options)
     num_classes = getattr(config, "num_classes", None)
     if num_classes and source.num_classes > num_classes:
         raise CheckpointError(
-            f"{weights}: the model has {num_classes} classes but {dataset} has {source.num_classes}"
+            f"{weights.ref}: the model has {num_classes} classes but {dataset} has {source.num_classes}"
         )
     torch_device = pick_device(device)
     model.to(torch_device)
@@ -149,11 +134,12 @@ def evaluate_checkpoint(
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     result = accuracy(model, stream, torch_device, dtype)
     return {
-        "checkpoint": str(weights),
+        "checkpoint": str(weights.path or weights.ref),
         "dataset": dataset,
         "split": split,
         "img_size": size,
         "accuracy": result["accuracy"],
         "loss": result["loss"],
         "num_examples": result["count"],
+        "skipped_images": stream.dropped,  # unreadable with on_bad_image=skip: left out, never replaced
     }

@@ -5,7 +5,7 @@ embedding of a random other patch, 10% left unchanged — and the model predicts
 colour quantised to 3 bits per channel (512 classes for RGB) from the encoded token at that position.
 
 The model carries the two extra parts (``ViTConfig.mpp_classes``: ``mask_token`` and ``mpp_head``), so the optimiser,
-checkpoints and resume treat them like any other parameter; ``load_for_finetune`` drops them. Randomness comes from
+checkpoints and resume treat them like any other parameter; the fine-tuning start (``vitlab.weights.resolve(ref).build(num_classes=K)``) drops them. Randomness comes from
 torch's global generator, which the engine seeds and checkpoints, so a resumed run corrupts the same patches.
 """
 from __future__ import annotations
@@ -71,17 +71,19 @@ class MaskedPatchPrediction:
             raise ConfigError("masked patch prediction needs a ViT built with model.mpp_classes > 0 (512 for RGB)")
         if base.config.is_hybrid:
             raise ConfigError("masked patch prediction works on plain ViTs (patch colours), not hybrids")
-        labels = mean_colour_targets(images, base.config.patch_size, self.bits)  # [B, N]
-        if int(labels.max()) >= base.config.mpp_classes:
+        # Decided from the shapes (the largest colour class is (2^bits)^C - 1), not from this batch's labels:
+        # reading their max to the host would stall a GPU's queue every step.
+        if mpp_num_classes(images.shape[1], self.bits) > base.config.mpp_classes:
             raise ConfigError(
                 f"model.mpp_classes={base.config.mpp_classes} is too small for {images.shape[1]}-channel images at "
                 f"{self.bits} bits: need {mpp_num_classes(images.shape[1], self.bits)}"
             )
+        labels = mean_colour_targets(images, base.config.patch_size, self.bits)  # [B, N]
         # Through the (possibly DDP / FSDP-wrapped) model's forward, so gradients are synchronised.
         logits, corrupted = model(images, corrupt=self.corrupt)
         logits = logits.float()  # [M, classes], corrupted positions only
         wanted = labels[corrupted]
-        loss = F.cross_entropy(logits, wanted) if len(wanted) else logits.sum() * 0.0
+        loss = F.cross_entropy(logits, wanted) if wanted.numel() else logits.sum() * 0.0
         with torch.no_grad():
             correct = (logits.argmax(-1) == wanted).sum()
-        return loss, {"correct": correct, "count": torch.tensor(len(wanted), device=images.device)}
+        return loss, {"correct": correct, "count": torch.tensor(wanted.numel(), device=images.device)}

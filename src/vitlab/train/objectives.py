@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitlab.train.mpp import MaskedPatchPrediction
+
 
 class Objective(Protocol):
     def __call__(
@@ -91,7 +93,5 @@ def named_metrics(objective: str, record: dict) -> dict:
 def build_objective(loss: str, label_smoothing: float, objective: str = "classify") -> Objective:
     """The objective a config names: supervised classification, or masked patch prediction (``"mpp"``)."""
     if objective == "mpp":
-        from vitlab.train.mpp import MaskedPatchPrediction
-
         return MaskedPatchPrediction()
     return Supervised(loss=loss, label_smoothing=label_smoothing)

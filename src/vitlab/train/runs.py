@@ -11,18 +11,20 @@ gets ``config.yaml``, ``summary.json`` (winner's test accuracy, every dev accura
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from vitlab.config import RunConfig, SweepSection, canonical_key
+from vitlab.config import RunConfig, SweepSection, _as_list, canonical_key  # _as_list: the overrides' value parsing
 from vitlab.errors import ConfigError
 from vitlab.progress import results_table
 from vitlab.train import recipes
 from vitlab.train.distributed import env_world
 from vitlab.train.engine import run_training
+from vitlab.train.evaluation import evaluate_checkpoint
 from vitlab.train.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -58,8 +60,6 @@ def finetune(
 
 def parse_sweep(spec: str | Mapping[str, Any]) -> dict[str, list[Any]]:
     """``"lr=0.001,0.003"`` (several keys separated by ';') -> ``{"optim.lr": [0.001, 0.003]}``."""
-    from vitlab.config import _as_list  # the same value parsing as overrides
-
     if isinstance(spec, Mapping):
         items = list(spec.items())
     else:
@@ -123,6 +123,7 @@ def _sweep(cfg: RunConfig, out: Path, resume: bool, grid: dict[str, list[Any]]) 
     summary = {
         "task": "finetune",
         "model": final["model"],
+        "model_spec": final.get("model_spec"),
         "dataset": cfg.data.dataset,
         "steps": final["steps"],
         "wall_seconds": round(sum(t["summary"]["wall_seconds"] for t in trials)
@@ -153,10 +154,6 @@ def _sweep(cfg: RunConfig, out: Path, resume: bool, grid: dict[str, list[Any]]) 
 
 def _test_winner(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Without refit: the winning sub-run's weights on the test split, added to its summary."""
-    import json
-
-    from vitlab.train.evaluation import evaluate_checkpoint
-
     summary = json.loads((run_dir / "summary.json").read_text())
     if cfg.data.test_split:
         result = evaluate_checkpoint(run_dir, cfg.data.dataset, split=cfg.data.test_split,
