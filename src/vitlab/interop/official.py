@@ -170,19 +170,25 @@ def state_dict_from_npz(model: nn.Module, arrays: dict[str, np.ndarray], source:
     return state
 
 
+def require_npz_archive(path: str | os.PathLike, name: str | None = None) -> None:
+    """Refuse a file that is no zip archive before numpy sees it: numpy would try it as a pickle and advise
+    ``allow_pickle``, which is never right for weights (``name``: how the user referred to the file)."""
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{name or path}: not a readable .npz archive (truncated, corrupt or another format)")
+
+
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Arrays of an official checkpoint, with the training-era prefix removed (never unpickles)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    if not zipfile.is_zipfile(path):  # numpy would try it as a pickle and advise allow_pickle: never for weights
-        raise CheckpointError(f"{path}: not an .npz archive (truncated, corrupt or another format)")
+    require_npz_archive(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path}: a corrupt or truncated .npz archive ({reason})") from None
+        raise CheckpointError(f"{path}: not a readable .npz archive, corrupt or truncated ({reason})") from None
     for prefix in PREFIXES[1:]:
         if any(key.startswith(prefix) for key in arrays):
             arrays = {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
