@@ -237,12 +237,8 @@ def build_timm(spec: dict) -> torch.nn.Module:
     )
 
 
-def build_ours(spec: dict, *, gelu: str = "exact", like: Optional[torch.nn.Module] = None,
-               prune_last_block: bool = True) -> torch.nn.Module:
-    """Our ViT for the spec; with ``like`` (a timm twin) it takes that model's weights, so both compute alike.
-
-    ``prune_last_block`` is the library's default (True: the last block runs for the class token only);
-    False gives the full forward pass, the "unpruned" side of the benchmarks."""
+def build_ours(spec: dict, *, gelu: str = "exact", like: Optional[torch.nn.Module] = None) -> torch.nn.Module:
+    """Our ViT for the spec; with ``like`` (a timm twin) it takes that model's weights, so both compute alike."""
     from vitlab.models.registry import build_from_config
 
     fields = {k: v for k, v in spec.items()}
@@ -252,8 +248,12 @@ def build_ours(spec: dict, *, gelu: str = "exact", like: Optional[torch.nn.Modul
         from vitlab.interop.timm import from_timm
 
         model.load_state_dict(from_timm(like).state_dict())
-    model.set_last_block_pruning(prune_last_block)
     return model
+
+
+def cls_only_forward(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``images -> logits`` with the last block for the class token only (what the classification objective asks)."""
+    return lambda images: model(images, last_block_cls_only=True)
 
 
 def build_hf(spec: dict) -> torch.nn.Module:
@@ -283,12 +283,15 @@ def autocast(dtype: str, device: str = "cpu"):
 
 
 def train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, dtype: str,
-               device: str = "cpu", fused: bool = True) -> Callable[[], None]:
-    """One optimiser step (forward, cross-entropy, backward, AdamW): the same loop for every side."""
+               device: str = "cpu", fused: bool = True, last_block_cls_only: bool = False) -> Callable[[], None]:
+    """One optimiser step (forward, cross-entropy, backward, AdamW): the same loop for every side.
+
+    ``last_block_cls_only``: our ViT computes its last block for the class token only, as vitlab's
+    classification objective asks it to (less work than timm's full pass: not a like-for-like comparison)."""
     import torch.nn.functional as F
 
     model.train()
-    forward = forward_fn(model)
+    forward = cls_only_forward(model) if last_block_cls_only else forward_fn(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
 
     def step() -> None:
@@ -323,8 +326,9 @@ def synthetic_batch(spec: dict, batch: int, device: str = "cpu", seed: int = 0) 
 def model_flops(spec: dict, *, train: bool) -> dict[str, float]:
     """FLOPs per image counted from the architecture (2 per MAC; training = 3x forward).
 
-    ``architecture``: the full forward pass (the figure papers publish); ``executed``: what our default
-    ``forward()`` runs (the last block pruned to the class token; equal to ``architecture`` for GAP models).
+    ``architecture``: the full forward pass (``model(x)``, the figure papers publish); ``cls_only``: what the
+    classification objective runs (``last_block_cls_only=True``: the last block for the class token only; equal
+    to ``architecture`` for GAP models).
     """
     from vitlab.models.flops import count_model_macs
     from vitlab.models.registry import build_from_config
@@ -335,6 +339,6 @@ def model_flops(spec: dict, *, train: bool) -> dict[str, float]:
         model = build_from_config("vit", dict(spec))
         size = spec["img_size"] if not isinstance(spec["img_size"], int) else (spec["img_size"],) * 2
         images = torch.empty(1, spec["in_chans"], *size)
-    for key, as_executed in (("architecture", False), ("executed", True)):
-        out[key] = float(count_model_macs(model, images, as_executed=as_executed) * factor)
+    for key, cls_only in (("architecture", False), ("cls_only", True)):
+        out[key] = float(count_model_macs(model, images, last_block_cls_only=cls_only) * factor)
     return out

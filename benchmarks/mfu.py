@@ -16,10 +16,11 @@ side. Three MFUs per side:
 * ``mfu``:        median wall-clock FLOP/s / the best wall-clock peak (the most conservative; on a shared
                   machine it mostly measures how much of a core the process was given).
 
-Sides: ``vitlab`` (default settings, exact GELU: the last block runs for the class token only) and, for training,
-``vitlab_unpruned`` (``set_last_block_pruning(False)``: every FLOP of the architecture). The plain figures count
-the FLOPs a side executes (the honest use of the hardware); ``*_architecture`` count the architecture's FLOPs
-(for the pruned default, credit for work it skips; the "model FLOPs" convention of MFU).
+Sides: ``vitlab`` (exact GELU, the full forward pass ``model(x)``: every FLOP of the architecture) and, for
+training, ``vitlab_cls_only`` (``model(x, last_block_cls_only=True)``, as the classification objective trains: the
+last block for the class token only). The plain figures count the FLOPs a side executes (the honest use of the
+hardware); ``*_architecture`` count the architecture's FLOPs (for ``vitlab_cls_only``, credit for work it skips;
+the "model FLOPs" convention of MFU).
 
     python benchmarks/mfu.py            # ~2.5 min on a quiet 2-core machine
     python benchmarks/mfu.py --quick    # seconds: a smoke test
@@ -91,11 +92,12 @@ def measure_case(case, spec: dict, batch: int, peak: dict[str, Any], args: Any) 
     torch.manual_seed(0)
     images, labels = C.synthetic_batch(spec, batch)
     sides = {"vitlab": C.build_ours(spec)}
-    if train and case.unpruned:
-        sides["vitlab_unpruned"] = C.build_ours(spec, prune_last_block=False)
+    if train and case.cls_only:
+        sides["vitlab_cls_only"] = C.build_ours(spec)
     calls: dict[str, Callable[[], None]] = {"peak_gemm": gemm_call(peak["size"], DTYPES[case.dtype], peak["layout"])}
     for name, model in sides.items():
-        calls[name] = (C.train_step(model, images, labels, case.dtype) if train
+        calls[name] = (C.train_step(model, images, labels, case.dtype, last_block_cls_only=name == "vitlab_cls_only")
+                       if train
                        else C.infer_step(model, images, case.dtype))
     if args.quick:
         timings = C.interleaved(calls, items=batch, warmup=1, min_rounds=1, max_rounds=1, budget_s=0)
@@ -116,9 +118,9 @@ def measure_case(case, spec: dict, batch: int, peak: dict[str, Any], args: Any) 
         side: dict[str, Any] = {"images_per_s": round(t.rate("wall"), 4), "images_per_cpu_s": round(t.rate("cpu"), 4),
                                 "round_seconds": [round(s, 4) for s in t.wall],
                                 "round_cpu_seconds": [round(s, 4) for s in t.cpu]}
-        executed = flops["architecture"] if name == "vitlab_unpruned" else flops["executed"]
+        executed = flops["cls_only"] if name == "vitlab_cls_only" else flops["architecture"]
         for key, count in (("", executed), ("_architecture", flops["architecture"])):
-            if key and name == "vitlab_unpruned":
+            if key and name != "vitlab_cls_only":
                 continue
             wall = [batch * count / s for s in t.wall]
             side[f"achieved_gflops{key}"] = round(statistics.median(wall) / 1e9, 3)

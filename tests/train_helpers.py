@@ -24,7 +24,9 @@ def tiny_tree(**sections) -> dict:
         "data": {"dataset": "synthetic", "img_size": 16, "test_split": "test",
                  "options": {"num_samples": 256, "img_size": 16, "num_classes": 4, "channels": 3}},
         "optim": {"lr": 0.003, "warmup_steps": 3, "weight_decay": 0.05},
-        "train": {"steps": 20, "batch_size": 16, "log_every": 5, "checkpoint_every": 10, "num_threads": 1},
+        # fp32: the tests compare runs numerically; precision=auto could pick bf16 on a CPU with native bf16.
+        "train": {"steps": 20, "batch_size": 16, "log_every": 5, "checkpoint_every": 10, "num_threads": 1,
+                  "precision": "fp32"},
     }
     for name, values in sections.items():
         tree.setdefault(name, {}).update(values)

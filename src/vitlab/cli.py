@@ -35,12 +35,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("vitlab.data.commands_download", "locate or download a dataset (checksummed)"),
     "dedup": ("vitlab.data.commands_dedup", "find near-duplicates of test images in a pre-training source"),
     "shards": ("vitlab.data.commands_shards", "write a source (e.g. an image folder) as tar shards for streaming"),
-    "study": ("vitlab.studies.commands", "the data-size (Figure 4) and scaling (Figure 5) studies"),
+    "study": ("vitlab.studies.commands", "the paper's studies with seeds and verdicts (--list shows them)"),
     "inspect": ("vitlab.inspect.commands", "attention rollout, attention distance, position similarity, filters"),
+    "report": ("vitlab.report.commands", "(re)build DIR/report.html for a run, study, inspection or demo directory"),
     "convert": ("vitlab.weights.commands_convert", "convert weights between vitlab, official .npz, timm and Hugging Face"),
     "weights": ("vitlab.weights.commands", "list the published checkpoints (pretrained:MODEL.TAG) and fetch them"),
     "predict": ("vitlab.predict.commands", "top-k classes of image files from a checkpoint or an .onnx"),
     "export": ("vitlab.predict.commands_export", "export a checkpoint to ONNX (checked against onnxruntime)"),
+    "plan": ("vitlab.train.commands_plan", "memory per GPU, micro-batch and time per epoch before launching"),
 }
 
 # commands whose output is a file (its folder is guarded) rather than a folder: command -> argument

@@ -16,7 +16,8 @@ next to the pre-training compute. The demo does the same at toy scale:
       same architecture at random initialisation as the control;
 
 3. print a table in the style of Table 2 (accuracy, compute in core-minutes = wall minutes x torch threads)
-   and write ``DIR/demo-report.md``.
+   and write ``DIR/demo-report.md``, ``DIR/summary.json`` and ``DIR/report.html`` (the page links every stage's
+   own report; ``vitlab report DIR`` rebuilds it).
 
 Every stage is a run directory under ``--out`` (``pretrain/``, ``finetune/``, ``scratch/``) or a JSON file
 (``fewshot-*.json``); running the demo again with the same ``--out`` reuses what is finished and resumes
@@ -41,6 +42,7 @@ from vitlab.config import load_config
 from vitlab.data import get_source
 from vitlab.errors import ConfigError
 from vitlab.evaluate.fewshot import fewshot_evaluate
+from vitlab.report import build_report
 from vitlab.train import finetune, pretrain
 from vitlab.train.distributed import pick_device
 from vitlab.weights import resolve
@@ -234,8 +236,35 @@ def run_demo(out_dir: str | os.PathLike, size_name: str = "cpu") -> dict[str, An
     tmp = out / "demo-report.md.tmp"
     tmp.write_text(report)
     os.replace(tmp, out / "demo-report.md")
+    _write_summary(out, size_name, rows, unit, pre, verdict(rows), time.perf_counter() - start)
+    report_start = time.perf_counter()
+    html = build_report(out)
+    log.info("report: %s (%.1f s)", html, time.perf_counter() - report_start)
     return {"rows": [row.__dict__ for row in rows], "table": table, "report": report, "verdict": verdict(rows),
             "pretrained_beats_scratch": rows[0].accuracy > rows[1].accuracy}
+
+
+def _write_summary(out: Path, size_name: str, rows: list[Row], unit: str, pre: dict[str, Any], text: str,
+                   seconds: float) -> None:
+    """``DIR/summary.json``: the headline numbers and the table's rows, what ``vitlab report DIR`` draws from."""
+    summary = {
+        "task": "demo",
+        "size": size_name,
+        "wall_seconds": round(seconds, 2),
+        "unit": unit,
+        "metrics": {
+            "finetune_test_accuracy": rows[0].accuracy,
+            "scratch_test_accuracy": rows[1].accuracy,
+            f"fewshot_{HEADLINE_SHOTS}shot_pretrained_accuracy": rows[2].accuracy,
+            f"fewshot_{HEADLINE_SHOTS}shot_random_init_accuracy": rows[3].accuracy,
+            "pretrain_test_accuracy": pre["metrics"].get("test_accuracy"),
+        },
+        "verdict": text,
+        "rows": [row.__dict__ for row in rows],
+    }
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, out / "summary.json")
 
 
 def _stop_if_interrupted(summary: dict[str, Any]) -> None:
@@ -343,5 +372,5 @@ def run(args: argparse.Namespace) -> int:
     print(result["table"])
     print()
     print(result["verdict"])
-    print(f"report: {Path(args.out) / 'demo-report.md'}")
+    print(f"report: {Path(args.out) / 'demo-report.md'}, {Path(args.out) / 'report.html'}")
     return 0

@@ -17,6 +17,7 @@ from vitlab.config import parse_overrides
 from vitlab.errors import ConfigError
 from vitlab.evaluate.classify import evaluate_checkpoint_report
 from vitlab.models.weights import atomic_write
+from vitlab.report import confusion_figure
 
 log = logging.getLogger(__name__)
 WEAKEST_SHOWN = 5
@@ -51,4 +52,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(out / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
         atomic_write(out / "confusion.json",
                      lambda tmp: Path(tmp).write_text(json.dumps(result["confusion"]) + "\n"))
+        confusion = result["confusion"]
+        figure = confusion_figure(confusion["classes"], confusion["matrix"], out / "confusion")
+        log.info("confusion matrix: %s", figure)
     return 0

@@ -7,6 +7,9 @@ averaged over queries and images.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Iterable
+
 import torch
 
 from vitlab.errors import ShapeError
@@ -26,20 +29,74 @@ def attention_rollout(maps: list[torch.Tensor], add_residual: bool = True) -> to
     return joint
 
 
-def rollout_heatmap(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Class-token rollout over the patch grid, scaled to [0, 1] per image: ``[B, gh, gw]``.
+def rollout_from_maps(maps: list[torch.Tensor], grid: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+    """Class-token rollout over the token grid, scaled to [0, 1] per image: ``[B, gh, gw]``.
 
     Models without a class token (GAP) use the mean over all query tokens instead.
     """
-    maps = model.get_attention_maps(images)
     joint = attention_rollout(maps)
-    prefix = getattr(model, "num_prefix_tokens", 1)
-    flow = joint[:, 0, prefix:] if prefix else joint.mean(dim=1)
-    grid = model.config.grid_size
+    flow = joint[:, 0, num_prefix_tokens:] if num_prefix_tokens else joint.mean(dim=1)
     heat = flow.reshape(-1, *grid)
     low = heat.flatten(1).min(dim=1).values[:, None, None]
     high = heat.flatten(1).max(dim=1).values[:, None, None]
     return (heat - low) / (high - low).clamp_min(1e-12)
+
+
+def rollout_heatmap(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """:func:`rollout_from_maps` of ``model``'s attention on ``images``: ``[B, gh, gw]``."""
+    return rollout_from_maps(model.get_attention_maps(images), model.config.grid_size,
+                             getattr(model, "num_prefix_tokens", 1))
+
+
+def token_pixels(model: torch.nn.Module) -> int:
+    """Input pixels per token side: the patch size, times the ResNet's stride for a hybrid (a 1x1 patch of a
+    stride-16 feature map covers 16 pixels)."""
+    cfg = model.config
+    return int(cfg.patch_size * cfg.total_stem_stride)
+
+
+def attention_batch_size(model: torch.nn.Module, budget_bytes: int = 256 * 2**20, limit: int = 32) -> int:
+    """Images per forward pass so that one pass's attention maps (all layers, fp32) stay within ``budget_bytes``.
+
+    A pass keeps ``depth x heads x N^2`` floats per image (N tokens): 1.4 GB for ViT-Ti/4 at 224 px, so the batch
+    shrinks with the token count instead of holding every image's maps at once.
+    """
+    cfg = model.config
+    tokens = cfg.grid_size[0] * cfg.grid_size[1] + getattr(model, "num_prefix_tokens", 1)
+    per_image = cfg.depth * cfg.num_heads * tokens * tokens * 4
+    return int(max(1, min(limit, budget_bytes // per_image)))
+
+
+@dataclass
+class AttentionSummary:
+    """What :func:`summarise_attention` keeps: per-image rollouts of the first images, distances over all."""
+
+    rollout: torch.Tensor  # [num_rollout, gh, gw] in [0, 1]
+    distances: torch.Tensor  # [layers, heads] pixels, mean over images and queries
+    images: int  # images averaged into ``distances``
+
+
+@torch.no_grad()
+def summarise_attention(model: torch.nn.Module, batches: Iterable[torch.Tensor], num_rollout: int) -> AttentionSummary:
+    """Reduce attention batch by batch: each batch's maps become rollouts (while fewer than ``num_rollout``) and
+    a running distance sum, then are dropped, so memory does not grow with the number of images."""
+    cfg = model.config
+    prefix = getattr(model, "num_prefix_tokens", 1)
+    total: torch.Tensor | None = None
+    count = 0
+    heat: list[torch.Tensor] = []
+    for images in batches:
+        maps = model.get_attention_maps(images)
+        wanted = num_rollout - sum(len(h) for h in heat)
+        if wanted > 0:
+            heat.append(rollout_from_maps([m[:wanted] for m in maps], cfg.grid_size, prefix).cpu())
+        distances = mean_attention_distance(maps, cfg.grid_size, token_pixels(model), prefix).cpu()
+        total = distances * len(images) if total is None else total + distances * len(images)
+        count += len(images)
+        del maps
+    if total is None:
+        raise ShapeError("no images to inspect")
+    return AttentionSummary(torch.cat(heat), total / count, count)
 
 
 def mean_attention_distance(

@@ -32,9 +32,17 @@ def position_similarity(model: torch.nn.Module) -> torch.Tensor:
     return (table @ table.T).reshape(gh, gw, gh, gw)
 
 
+def first_layer_weight(model: torch.nn.Module) -> torch.Tensor:
+    """The filters that see pixels: the patch embedding of a ViT, the ResNet root's 7x7 convolution of a hybrid
+    (whose patch embedding sees feature-map channels, not colours)."""
+    if model.config.is_hybrid:
+        return model.patch_embed.stem.conv.weight.detach().float()  # [width, C, 7, 7]
+    return model.patch_embed.proj.weight.detach().float()  # [D, C, P, P]
+
+
 def embedding_filters(model: torch.nn.Module, components: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top principal components of the patch-embedding filters: ``([k, C, P, P], explained variance ratio [k])``."""
-    weight = model.patch_embed.proj.weight.detach().float()  # [D, C, P, P]
+    """Top principal components of the first-layer filters: ``([k, C, P, P], explained variance ratio [k])``."""
+    weight = first_layer_weight(model)
     flat = weight.flatten(1)
     flat = flat - flat.mean(dim=0, keepdim=True)
     _, singular, v_t = torch.linalg.svd(flat, full_matrices=False)

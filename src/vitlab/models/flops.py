@@ -24,23 +24,17 @@ def count_macs(name: str, img_size: int = 224, num_classes: int = 1000, **overri
     return count_model_macs(model, images)
 
 
-def count_model_macs(model: torch.nn.Module, images: torch.Tensor, *, as_executed: bool = False) -> int:
+def count_model_macs(model: torch.nn.Module, images: torch.Tensor, *, last_block_cls_only: bool = False) -> int:
     """MACs of ``model(images)`` per image; ``images`` may live on the meta device.
 
-    By default the architecture's MACs, the figure papers and other libraries publish: a ViT's last-block
-    pruning (a saving of the implementation, see ``VisionTransformer.set_last_block_pruning``) is switched off
-    while counting. ``as_executed=True`` counts what ``forward()`` really runs.
+    By default the architecture's MACs, the figure papers and other libraries publish (a ViT's plain forward
+    pass). ``last_block_cls_only=True`` counts what the classification objective runs on a model that offers the
+    shortcut (see ``VisionTransformer.forward_features``); other models are counted in full either way.
     """
-    pruning = getattr(model, "prune_last_block", None)
-    if pruning is not None and not as_executed:
-        model.prune_last_block = False
+    shortcut = last_block_cls_only and getattr(model, "offers_last_block_cls_only", False)
     counter = FlopCounterMode(display=False)
-    try:
-        with counter, torch.no_grad():
-            model(images)
-    finally:
-        if pruning is not None:
-            model.prune_last_block = pruning
+    with counter, torch.no_grad():
+        model(images, last_block_cls_only=True) if shortcut else model(images)
     return counter.get_total_flops() // (2 * images.shape[0])
 
 

@@ -9,7 +9,10 @@ summation order. :func:`linear` does that; everywhere else (fp32, GPUs, CPUs wit
 
 :func:`attention` computes ``softmax(q k^T / sqrt(d)) v``. PyTorch's CPU flash-attention kernel is made for long
 sequences; for the few tokens of small images (17 for 28-px images in 7x7 patches) the explicit product, whose
-score matrix is tiny, is two to three times faster forward plus backward. Same math, other summation order.
+score matrix is tiny, is two to three times faster forward plus backward. In bf16 on a CPU with native bf16 the
+flash kernel's backward is slower still, and the explicit product wins up to ViT-S/16's 197 tokens. Same math,
+other summation order (the softmax accumulates in fp32 and rounds its probabilities to bf16, as the flash kernel
+does before its second product).
 """
 from __future__ import annotations
 
@@ -97,28 +100,48 @@ class _ReductionMajorLinear(torch.autograd.Function):
 # Up to this many keys, the explicit product beats the CPU flash-attention kernel in fp32 (forward + backward, batch
 # 64, 4 heads of 32, 2 threads: 2.8x faster at 17 keys, 1.9x at 50, 1.45x at 65, 0.96x at 101, 0.58x at 197).
 EXPLICIT_ATTENTION_MAX_KEYS = 64
+# The same in bf16 on a CPU with native bf16 (oneDNN's bf16 GEMMs): the flash kernel's bf16 backward is slow there,
+# so the explicit product wins up to far longer sequences (measured up to 401 keys, 320 px in 16x16 patches:
+# ``benchmarks/attention.py --dtype bf16``; the figures are in docs/performance.md).
+EXPLICIT_ATTENTION_MAX_KEYS_BF16 = 401
 
 
-def attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d))``: ``[..., Nq, Nk]`` for ``q [..., Nq, d]``, ``k [..., Nk, d]``."""
-    return torch.softmax(torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1)), dim=-1)
+def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + bias)``: ``[..., Nq, Nk]`` for ``q [..., Nq, d]``, ``k [..., Nk, d]``; ``bias``
+    (e.g. relative position logits) broadcasts to ``[..., Nq, Nk]``."""
+    logits = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+    return torch.softmax(logits if bias is None else logits + bias, dim=-1)
+
+
+def _compute_dtype(q: torch.Tensor) -> torch.dtype:
+    """The dtype the products of ``q`` run in: autocast's where it is on (CPU), else ``q``'s own."""
+    if q.dtype == torch.float32 and torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return q.dtype
 
 
 def uses_explicit_attention(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """True where :func:`attention` computes the product explicitly: fp32 on a CPU, few keys, no autocast."""
-    return (
-        q.device.type == "cpu"
-        and q.dtype == torch.float32
-        and k.shape[-2] <= EXPLICIT_ATTENTION_MAX_KEYS
-        and not torch.is_autocast_enabled("cpu")
-    )
+    """True where :func:`attention` computes the product explicitly: on a CPU, few keys, fp32 or native bf16.
+
+    bf16 without native support (PyTorch's reference GEMM) keeps SDPA: the explicit path was not measured there.
+    """
+    if q.device.type != "cpu":
+        return False
+    dtype = _compute_dtype(q)
+    if dtype == torch.float32:
+        return k.shape[-2] <= EXPLICIT_ATTENTION_MAX_KEYS
+    if dtype == torch.bfloat16 and cpu_has_native_bf16():
+        return k.shape[-2] <= EXPLICIT_ATTENTION_MAX_KEYS_BF16
+    return False
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d)) v`` with dropout on the probabilities: SDPA, or the explicit product where faster."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
+              bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + bias) v`` with dropout on the probabilities: SDPA, or the explicit product where
+    faster. ``bias`` is an additive float term on the logits (SDPA's float ``attn_mask``)."""
     if not uses_explicit_attention(q, k):
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    probs = attention_probs(q, k)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+    probs = attention_probs(q, k, bias)
     if dropout_p:
         probs = F.dropout(probs, dropout_p)
     return torch.matmul(probs, v)

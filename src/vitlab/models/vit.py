@@ -17,12 +17,13 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vitlab.errors import ConfigError, ShapeError
 from vitlab.models import kernels
 from vitlab.models.hybrid import HybridEmbed  # the ResNet stem of the hybrid models
 from vitlab.models.layers import check_image_shape, hybrid_stride, lecun_normal_
-from vitlab.models.posemb import POSEMB_KINDS, build_pos_embed
+from vitlab.models.posemb import POSEMB_KINDS, build_pos_embed, build_relative_logits
 
 CLASSIFIERS = ("token", "gap")
 GELU_KINDS = ("tanh", "exact")
@@ -152,7 +153,9 @@ class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection; the product goes through :func:`kernels.attention`.
 
     ``num_queries=n`` computes the outputs of the first ``n`` tokens only (all tokens still serve as keys and
-    values): what the last block needs when only the class token is read out.
+    values): what the last block needs when only the class token is read out. With ``posemb="relative"`` /
+    ``"relative_2d"`` the layer owns a relative position table (``rel_pos``) whose logits are added to the content
+    logits before the softmax (Appendix D.4).
     """
 
     def __init__(self, cfg: ViTConfig) -> None:
@@ -162,6 +165,9 @@ class Attention(nn.Module):
         self.attn_dropout = cfg.attn_dropout
         self.qkv = nn.Linear(cfg.width, 3 * cfg.width, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.width, cfg.width)
+        self.rel_pos = build_relative_logits(
+            cfg.posemb, cfg.grid_size, cfg.width, cfg.num_heads, 1 if cfg.classifier == "token" else 0
+        )
         # The official code has separate q, k, v Dense layers, each Xavier-uniform over D x D.
         for chunk in self.qkv.weight.data.chunk(3, dim=0):
             nn.init.xavier_uniform_(chunk)
@@ -187,13 +193,14 @@ class Attention(nn.Module):
     def forward(self, tokens: torch.Tensor, num_queries: Optional[int] = None) -> torch.Tensor:
         q, k, v = self._heads(tokens, num_queries)
         dropout = self.attn_dropout if self.training else 0.0
-        mixed = kernels.attention(q, k, v, dropout_p=dropout)  # [B, heads, Nq, head_dim]
+        bias = None if self.rel_pos is None else self.rel_pos(q)  # [B, heads, Nq, N] relative logits
+        mixed = kernels.attention(q, k, v, dropout_p=dropout, bias=bias)  # [B, heads, Nq, head_dim]
         return kernels.linear(mixed.transpose(1, 2).flatten(2), self.proj.weight, self.proj.bias)
 
     def attention_probs(self, tokens: torch.Tensor) -> torch.Tensor:
         """The softmax attention matrix ``[B, heads, N, N]`` (what SDPA computes but does not return)."""
         q, k, _ = self._heads(tokens)
-        return kernels.attention_probs(q, k)
+        return kernels.attention_probs(q, k, None if self.rel_pos is None else self.rel_pos(q))
 
 
 class Mlp(nn.Module):
@@ -265,6 +272,8 @@ class VisionTransformer(nn.Module):
     """ViT with the uniform model face (forward_features / forward_head / reset_classifier / ...)."""
 
     family = "vit"
+    # forward() takes ``last_block_cls_only`` (what the classification objective asks of models that offer it)
+    offers_last_block_cls_only = True
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
@@ -284,8 +293,7 @@ class VisionTransformer(nn.Module):
             PreLogits(cfg.width, cfg.representation_size) if cfg.representation_size else nn.Identity()
         )
         self.head: nn.Module = self._new_head(cfg.num_classes)
-        # On by default (see set_last_block_pruning): forward() runs the last block for the class token only.
-        self.prune_last_block = True
+        self.recompute_every = 0  # activation checkpointing: 0 off, k: every k-th block
         if cfg.mpp_classes:
             self.mask_token = nn.Parameter(torch.randn(1, 1, cfg.width) * 0.02)
             self.mpp_head = nn.Linear(cfg.width, cfg.mpp_classes)
@@ -302,19 +310,36 @@ class VisionTransformer(nn.Module):
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)  # [B, 1+N, D]
         return self.pos_drop(self.pos_embed(tokens))
 
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Encoded tokens after the final LayerNorm: ``[B, prefix + N, D]``."""
-        tokens = self._embed(images)
-        for block in self.blocks:
-            tokens = block(tokens)
-        return self.norm(tokens)
+    def forward_features(self, images: torch.Tensor, *, last_block_cls_only: bool = False) -> torch.Tensor:
+        """Encoded tokens after the final LayerNorm: ``[B, prefix + N, D]``.
+
+        ``last_block_cls_only=True`` (class-token models; no effect for "gap") computes the last block for the
+        prefix tokens only and returns ``[B, prefix, D]``: the head reads nothing else, so the logits and every
+        gradient are those of the full model (up to float summation order) for fewer FLOPs. The classification
+        objective asks for it (``model(x, last_block_cls_only=True)``); everything else, forward hooks on the last
+        block included, sees every token.
+        """
+        return self.norm(self._encode(self._embed(images), last_block_cls_only))
 
     def encode_patch_embeddings(self, patch_tokens: torch.Tensor) -> torch.Tensor:
         """Encode given patch embeddings ``[B, N, D]`` (e.g. corrupted ones for masked patch prediction)."""
-        tokens = self._add_prefix_and_position(patch_tokens)
-        for block in self.blocks:
-            tokens = block(tokens)
-        return self.norm(tokens)
+        return self.norm(self._encode(self._add_prefix_and_position(patch_tokens)))
+
+    def _encode(self, tokens: torch.Tensor, last_block_cls_only: bool = False) -> torch.Tensor:
+        """The Transformer blocks, the one place that loops over them for training (activation checkpointing
+        applies here: see :meth:`set_activation_checkpointing`)."""
+        last = len(self.blocks) - 1
+        prefix = self.num_prefix_tokens if last_block_cls_only and self.num_prefix_tokens else None
+        recompute = self.recompute_every and self.training and torch.is_grad_enabled()
+        for index, block in enumerate(self.blocks):
+            num_queries = prefix if index == last else None
+            if recompute and index % self.recompute_every == 0:
+                # Keep only the block's input; its inner activations are recomputed in the backward pass (with
+                # the same RNG state, so dropout and stochastic depth draw the same masks).
+                tokens = checkpoint(block, tokens, num_queries, use_reentrant=False)
+            else:
+                tokens = block(tokens, num_queries)
+        return tokens
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens[:, 0] if self.config.classifier == "token" else tokens.mean(dim=1)
@@ -323,23 +348,20 @@ class VisionTransformer(nn.Module):
         representation = self.pre_logits(self.pool(features))
         return representation if pre_logits else self.head(representation)
 
-    def forward(self, images: torch.Tensor, corrupt: Optional[Callable] = None) -> Any:
-        """Logits ``[B, num_classes]``; with ``corrupt`` (masked patch prediction), see :meth:`forward_mpp`.
+    def forward(
+        self, images: torch.Tensor, corrupt: Optional[Callable] = None, *, last_block_cls_only: bool = False
+    ) -> Any:
+        """Logits ``[B, num_classes]`` = ``forward_head(forward_features(images))``; with ``corrupt`` (masked patch
+        prediction), see :meth:`forward_mpp`. ``last_block_cls_only``: see :meth:`forward_features`.
 
-        The masked-patch path is a keyword of ``forward`` so that it runs through DDP / FSDP wrappers, whose
-        gradient synchronisation and parameter gathering hook the wrapped module's forward.
+        Both options are keywords of ``forward`` so that they run through DDP / FSDP wrappers, whose gradient
+        synchronisation and parameter gathering hook the wrapped module's forward.
         """
         if corrupt is not None:
             return self.forward_mpp(images, corrupt)
-        if not (self.prune_last_block and self.num_prefix_tokens and len(self.blocks)):
-            return self.forward_head(self.forward_features(images))
-        # The head reads the class token only, so the last block's other outputs would be thrown away: compute
-        # its attention for that one query and its MLP for that one token (the same logits, fewer FLOPs).
-        tokens = self._embed(images)
-        for block in self.blocks[:-1]:
-            tokens = block(tokens)
-        prefix = self.blocks[-1](tokens, num_queries=self.num_prefix_tokens)  # [B, prefix, D]
-        return self.forward_head(self.norm(prefix))
+        if last_block_cls_only:
+            return self.forward_head(self.forward_features(images, last_block_cls_only=True))
+        return self.forward_head(self.forward_features(images))
 
     def forward_mpp(self, images: torch.Tensor, corrupt: Callable) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked patch prediction (Section 4.6): ``corrupt(patch_tokens, mask_token)`` returns the corrupted
@@ -351,18 +373,19 @@ class VisionTransformer(nn.Module):
         encoded = self.encode_patch_embeddings(tokens)[:, self.num_prefix_tokens :]  # [B, N, D]
         return self.mpp_head(encoded[corrupted]), corrupted
 
-    def set_last_block_pruning(self, enabled: bool = True) -> None:
-        """Whether ``forward()`` computes the last block for the class token only (class-token models; no effect
-        for "gap"). On by default.
+    def set_activation_checkpointing(self, every: bool | int) -> None:
+        """Recompute the blocks' activations in the backward pass instead of keeping them (training only).
 
-        The logits and all gradients are those of the full model (up to float summation order); the last block's
-        patch-token outputs, which the head never reads, are not computed: 12-13% of the training FLOPs of the
-        depth-6 Fashion-MNIST models, 7% of ViT-S/16's and ViT-B/16's. ``forward_features``,
-        ``forward_intermediates`` and ``get_attention_maps`` are unaffected, and ``count_model_macs`` counts the
-        architecture's FLOPs whatever this says. Switch it off for forward hooks on the last block that expect
-        every token.
+        ``True`` or ``1``: every block; ``k``: every k-th block (blocks 0, k, 2k, ...); ``False`` / ``0``: off. A
+        checkpointed block keeps only its input ``[B, 1+N, D]`` instead of about a dozen tensors of that size and
+        the ``[B, heads, N, N]`` attention, at the price of a second forward pass of that block. Through
+        ``torch.utils.checkpoint`` (non-reentrant), which composes with DDP, FSDP2 and autocast.
         """
-        self.prune_last_block = bool(enabled)
+        if isinstance(every, bool):
+            every = int(every)
+        if not isinstance(every, int) or every < 0:
+            raise ConfigError(f"activation checkpointing takes true, false or an integer k >= 1, got {every!r}")
+        self.recompute_every = every
 
     def forward_intermediates(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named representations (big_vision style): ``block_{i}``, ``encoded``, ``pooled``, ``pre_logits``, ``logits``."""
@@ -400,13 +423,17 @@ class VisionTransformer(nn.Module):
         self.config.img_size = new_cfg.img_size
         self.patch_embed.img_size = new_cfg.img_size
         self.pos_embed.resize(new_cfg.grid_size, method)
+        for block in self.blocks:
+            if block.attn.rel_pos is not None:
+                block.attn.rel_pos.resize(new_cfg.grid_size, method)
 
     def no_weight_decay(self) -> set[str]:
         """Parameters that take no weight decay: biases, norms, position embeddings, the class token."""
         return {
             name
             for name, param in self.named_parameters()
-            if param.ndim < 2 or name.startswith("pos_embed.") or name in ("cls_token", "mask_token")
+            if param.ndim < 2 or name.startswith("pos_embed.") or ".rel_pos." in name
+            or name in ("cls_token", "mask_token")
         }
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -419,6 +446,12 @@ class VisionTransformer(nn.Module):
                 key = f"pos_embed.{part}"
                 if key in adapted:
                     adapted[key] = self.pos_embed.adapt_state(part, adapted[key])
+        for index, block in enumerate(self.blocks):
+            key, rel_pos = f"blocks.{index}.attn.rel_pos.table", block.attn.rel_pos
+            if rel_pos is not None and key in adapted and adapted[key].shape != rel_pos.table.shape:
+                offsets = adapted[key].shape[0] - (3 if self.num_prefix_tokens else 0)
+                side = (math.isqrt(offsets) + 1) // 2  # a square (2g-1) x (2g-1) offset grid
+                adapted[key] = rel_pos.adapt_table(adapted[key], rel_pos.grid, old_grid=(side, side))
         return adapted
 
     def _new_head(self, num_classes: int) -> nn.Module:

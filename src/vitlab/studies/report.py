@@ -1,4 +1,5 @@
-"""A study's results as ``study.md`` (table), ``study.csv``, ``study.json`` and ``study.png`` (one curve per model).
+"""A study's results as ``study.md`` (table), ``study.csv``, ``study.json``, ``study.png`` + ``study.svg`` (one curve
+per model, drawn by :func:`vitlab.report.plot_study`) and ``report.html``.
 
 The plot mirrors the paper's figures: x = pre-training set size (Figure 4, log scale) or pre-training compute
 (Figure 5, log scale), y = few-shot accuracy of the frozen representation.
@@ -8,12 +9,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
-from vitlab.inspect.figures import colorize
+from vitlab.report import build_report, plot_study
 
 
 def x_value(study, point) -> float:
@@ -33,43 +31,34 @@ def markdown_table(study, points) -> str:
     return "\n".join(lines)
 
 
-def plot(study, points, path: Path, size: tuple[int, int] = (560, 360)) -> None:
+def axis_labels(study) -> tuple[str, str]:
+    """The paper's axis names (Figure 4: pre-training samples; Figure 5: total pre-training compute)."""
     key = f"{study.evaluation.shots[0]}-shot"
-    series: dict[str, list[tuple[float, float]]] = {}
+    x_label = ("Number of pre-training samples" if study.kind == "data_size"
+               else "Total pre-training compute [GFLOPs]")
+    return x_label, f"Linear {key} {study.evaluation.dataset} Top1 [%]"
+
+
+def figure_points(study, points) -> list[dict]:
+    """``{model, x, mean, std}`` rows for :func:`vitlab.report.plot_study` (accuracy in %; std when the point has
+    a spread over seeds, as ``fewshot_std``)."""
+    key = f"{study.evaluation.shots[0]}-shot"
+    rows = []
     for p in points:
         if key in p.fewshot and x_value(study, p) > 0:
-            series.setdefault(p.label, []).append((math.log10(x_value(study, p)), 100 * p.fewshot[key]))
-    width, height = size
-    margin = 50
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    draw.line([(margin, 10), (margin, height - margin), (width - 10, height - margin)], fill="black")
-    xlabel = "pre-training images (log10)" if study.kind == "data_size" else "pre-training GFLOPs (log10)"
-    draw.text((margin, height - margin + 22), xlabel, fill="black")
-    draw.text((4, 2), f"{key} {study.evaluation.dataset} accuracy %", fill="black")
-    values = [v for s in series.values() for v in s]
-    if values:
-        x0, x1 = min(v[0] for v in values), max(v[0] for v in values)
-        y0, y1 = min(v[1] for v in values), max(v[1] for v in values)
-        x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+            spread = (getattr(p, "fewshot_std", None) or {}).get(key)
+            rows.append({"model": p.label, "x": x_value(study, p), "mean": 100 * p.fewshot[key],
+                         "std": None if spread is None else 100 * spread})
+    return rows
 
-        def at(x: float, y: float) -> tuple[float, float]:
-            return (margin + (x - x0) / (x1 - x0) * (width - margin - 30),
-                    height - margin - (y - y0) / (y1 - y0) * (height - margin - 30))
 
-        draw.text((margin - 45, 12), f"{y1:.1f}", fill="black")
-        draw.text((margin - 45, height - margin - 10), f"{y0:.1f}", fill="black")
-        draw.text((margin, height - margin + 6), f"{x0:.2f}", fill="black")
-        draw.text((width - 50, height - margin + 6), f"{x1:.2f}", fill="black")
-        for index, (label, pts) in enumerate(series.items()):
-            colour = tuple(int(c) for c in colorize(index / max(len(series) - 1, 1) * 0.85))
-            pts = sorted(pts)
-            draw.line([at(*p) for p in pts], fill=colour, width=2) if len(pts) > 1 else None
-            for p in pts:
-                cx, cy = at(*p)
-                draw.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=colour)
-            draw.text((width - 140, 14 + 14 * index), label, fill=colour)
-    image.save(path)
+def plot(study, points, out_stem: Path) -> Path | None:
+    """``study.png`` + ``study.svg``: one line per model against a log x axis, as in the paper's Figures 4-5."""
+    rows = figure_points(study, points)
+    if not rows:
+        return None
+    title = "Data-size study (paper Figure 4)" if study.kind == "data_size" else "Scaling study (paper Figure 5)"
+    return plot_study(rows, *axis_labels(study), out_stem, log_x=True, title=title)
 
 
 def write_report(study, points, out: Path) -> None:
@@ -87,4 +76,5 @@ def write_report(study, points, out: Path) -> None:
         for p in points:
             writer.writerow([p.label, p.size, p.steps, p.images_seen, p.pretrain_gflops, p.pretrain_accuracy,
                              *[p.fewshot.get(k) for k in keys]])
-    plot(study, points, out / "study.png")
+    plot(study, points, out / "study")
+    build_report(out)

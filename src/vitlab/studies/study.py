@@ -1,93 +1,154 @@
-"""The paper's two studies, sized for the hardware at hand (Sections 4.3 and 4.4).
+"""A study of the paper as data: which runs to train, how to evaluate them, which claims to check.
 
-* **Data size** (Figure 4): each model is pre-trained with the same hyper-parameters on nested random subsets of the
-  pre-training set (every smaller subset inside the larger), then its frozen representation is evaluated by few-shot
-  linear regression on a downstream task. The paper's finding: ResNets win on small pre-training sets, ViTs overtake them
-  as the data grows.
-* **Scaling** (Figure 5): several models, each pre-trained with its own budget, placed by pre-training compute
-  (FLOPs = 3 x forward MACs x 2 x images seen) against transfer accuracy.
+A study preset (``src/vitlab/studies/presets/NAME.yaml``) names a base pre-training preset, the model variants as
+config overrides, a grid (subset sizes, step budgets or learning rates, by ``kind``), the training seeds and the
+evaluation. Every (variant, grid value, seed) is an ordinary run directory under ``OUT/runs/``, so a killed study
+resumes point by point. ``quick`` holds the study keys that ``--quick`` replaces for a first look.
 
-A study is data: a YAML file (``study.py`` presets in ``src/vitlab/studies/presets/``) naming the base pre-training
-preset, the model variants as config overrides, the subset sizes or step budgets, and the evaluation. Each point is an
-ordinary run directory under ``OUT/runs/``, so a killed study resumes point by point and the runs can be inspected on
-their own.
+Kinds and the paper's study each reproduces:
+
+* ``data_size`` (Figures 3-4): models pre-trained on nested subsets of the pre-training set, one budget rule for
+  every subset size (``budget``), then few-shot linear probes (and optionally fine-tuning) on a downstream set.
+* ``scaling`` (Figure 5): several models and families at several step budgets, placed by pre-training compute.
+* ``posemb`` (Table 8): the same ViT with each kind of position embedding.
+* ``head`` (Figure 9): class token vs global average pooling over a learning-rate grid (``lrs``).
+* ``selfsup`` (Section 4.6): masked patch prediction then fine-tuning vs scratch vs supervised pre-training.
+* ``learned`` (Figure 7): mean attention distance by depth and position-embedding similarity of trained ViTs.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 import yaml
 
-from vitlab.config import load_config
-from vitlab.data import get_source
-from vitlab.data.splits import nested_subsets
 from vitlab.errors import ConfigError
-from vitlab.evaluate.fewshot import fewshot_evaluate
-from vitlab.models.flops import count_model_macs
-from vitlab.models.weights import load_model
-from vitlab.studies.report import write_report
-from vitlab.train import pretrain
 
-log = logging.getLogger(__name__)
 PRESET_PACKAGE = "vitlab.studies.presets"
+KINDS = ("data_size", "scaling", "posemb", "head", "selfsup", "learned")
+# The key of the grid each kind walks (None: one point per variant and seed).
+GRID_KEYS = {"data_size": "sizes", "scaling": "budgets", "head": "lrs"}
 
 
 @dataclass
 class Evaluation:
-    """Few-shot linear evaluation of the pre-trained representation (the paper's Figure 4 uses 5-shot ImageNet)."""
+    """How each pre-trained model is measured.
+
+    Few-shot linear regression on the frozen representation (the paper's Figures 4-5 and Table 8 use 5-shot);
+    ``finetune`` (a fine-tuning preset and overrides, e.g. ``{preset: digits-finetune, overrides: [...]}``) adds
+    the fine-tuned test accuracy; ``inspect_images`` > 0 measures attention distances and position-embedding
+    similarity on that many test images of the pre-training set (Figure 7).
+    """
 
     dataset: str = "digits"
     train_split: str = "train"
     test_split: str = "test"
     shots: list[int] = field(default_factory=lambda: [5])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # few-shot draws per trained model
     representation: str = "pre_logits"
     img_size: Optional[int] = None  # None: the model's own resolution
     test_limit: Optional[int] = None
+    fewshot: bool = True
+    finetune: Optional[dict[str, Any]] = None  # {preset: NAME, overrides: [key=value, ...]}
+    inspect_images: int = 0
+
+
+@dataclass
+class Budget:
+    """One budget rule for every pre-training subset size (data-size study): ``epochs`` passes over the subset,
+    but at least ``min_steps`` (a small subset still gets enough updates to leave chance level) and at most
+    ``max_steps``. The same rule applies to every model, so none is favoured."""
+
+    epochs: float = 10.0
+    min_steps: int = 1
+    max_steps: Optional[int] = None
+
+    def steps(self, size: int, batch_size: int) -> int:
+        steps = max(self.min_steps, math.ceil(self.epochs * size / batch_size))
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+
+@dataclass
+class Variant:
+    """One curve of a study: config overrides, the family it belongs to (ViT, BiT, hybrid: the scaling study
+    compares families) and whether it is pre-trained (the self-supervision study's scratch arm is not)."""
+
+    overrides: list[str] = field(default_factory=list)
+    family: str = ""
+    pretrain: bool = True
 
 
 @dataclass
 class Study:
-    kind: str = "data_size"  # "data_size" | "scaling"
+    kind: str = "data_size"
+    title: str = ""  # what it reproduces, for `vitlab study --list`
     base: str = "fmnist-vit-tiny"  # pre-training preset every point starts from
-    overrides: list[str] = field(default_factory=list)  # applied to every point (e.g. a shorter budget)
-    # label -> config overrides; one curve per label (e.g. {"ViT": [], "ResNet": ["model.name=bit_r50x1"]})
-    models: dict[str, list[str]] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)  # applied to every point
+    models: dict[str, Variant] = field(default_factory=dict)
     sizes: list[int] = field(default_factory=list)  # data_size: pre-training subset sizes
-    budgets: list[int] = field(default_factory=list)  # scaling: optimiser steps per point (x every model)
+    budget: Optional[Budget] = None  # data_size: steps per subset size (None: the base preset's steps)
+    budgets: list[int] = field(default_factory=list)  # scaling: optimiser steps per point
+    lrs: list[float] = field(default_factory=list)  # head: learning rates
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # training seeds: one run per seed per point
     subset_seed: int = 0
+    metric: str = "5-shot"  # the number the claims read: "K-shot", "finetune", "pretrain"
+    tolerance: float = 0.01  # "close" claims: accuracies within this (a fraction) count as equal
+    quick: dict[str, Any] = field(default_factory=dict)  # study keys --quick replaces
     evaluation: Evaluation = field(default_factory=Evaluation)
 
+    @property
+    def grid(self) -> list[Any]:
+        key = GRID_KEYS.get(self.kind)
+        return list(getattr(self, key)) if key else [None]
+
     def validate(self) -> None:
-        if self.kind not in ("data_size", "scaling"):
-            raise ConfigError(f"study kind={self.kind!r} is unknown; expected data_size or scaling")
+        if self.kind not in KINDS:
+            raise ConfigError(f"study kind={self.kind!r} is unknown; expected one of {', '.join(KINDS)}")
         if not self.models:
             raise ConfigError("a study needs at least one entry under 'models' (label: [overrides])")
-        if self.kind == "data_size" and (not self.sizes or min(self.sizes) < 1):
-            raise ConfigError(f"a data_size study needs positive 'sizes', got {self.sizes}")
-        if self.kind == "scaling" and (not self.budgets or min(self.budgets) < 1):
-            raise ConfigError(f"a scaling study needs positive step 'budgets', got {self.budgets}")
+        if not self.seeds:
+            raise ConfigError("a study needs at least one training seed under 'seeds'")
+        key = GRID_KEYS.get(self.kind)
+        if key and (not getattr(self, key) or min(getattr(self, key)) <= 0):
+            raise ConfigError(f"a {self.kind} study needs positive '{key}', got {getattr(self, key)}")
+        needs = {"selfsup": "finetune", "learned": "inspect_images"}.get(self.kind)
+        if needs and not getattr(self.evaluation, needs):
+            raise ConfigError(f"a {self.kind} study needs evaluation.{needs}")
+        families = {v.family.lower() for v in self.models.values()}
+        if self.kind in ("data_size", "scaling") and not {"vit", "bit"} <= families:
+            raise ConfigError(f"a {self.kind} study compares families: give its models a 'family' of ViT and BiT "
+                              f"(and optionally hybrid), got {sorted(families)}")
+        if self.evaluation.finetune is not None:
+            unknown = sorted(set(self.evaluation.finetune) - {"preset", "overrides"})
+            if unknown or "preset" not in self.evaluation.finetune:
+                raise ConfigError(f"evaluation.finetune needs 'preset' (and may have 'overrides'), got {unknown}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
-def load_study(name_or_path: str, overrides: dict[str, Any] | None = None) -> Study:
-    """A study from a preset name (``data-size-fmnist``) or a YAML file; unknown keys are named."""
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(PRESET_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def load_study(name_or_path: str, overrides: dict[str, Any] | None = None, quick: bool = False) -> Study:
+    """A study from a preset name (``data-size-fmnist``) or a YAML file; ``quick`` applies its ``quick`` keys, then
+    ``overrides`` (top-level study keys) apply; unknown keys are named."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         text, origin = path.read_text(), str(path)
     else:
         resource = resources.files(PRESET_PACKAGE) / f"{name_or_path}.yaml"
         if not resource.is_file():
-            known = sorted(p.name[:-5] for p in resources.files(PRESET_PACKAGE).iterdir() if p.name.endswith(".yaml"))
-            raise ConfigError(f"study {name_or_path!r} is neither a YAML file nor a preset ({', '.join(known)})")
+            raise ConfigError(f"study {name_or_path!r} is neither a YAML file nor a preset ({', '.join(preset_names())})")
         text, origin = resource.read_text(), f"preset {name_or_path}"
     tree = yaml.safe_load(text) or {}
+    if quick:
+        tree.update(tree.get("quick") or {})
     tree.update(overrides or {})
     return study_from_dict(tree, origin)
 
@@ -95,110 +156,36 @@ def load_study(name_or_path: str, overrides: dict[str, Any] | None = None) -> St
 def study_from_dict(tree: dict[str, Any], origin: str = "study") -> Study:
     tree = dict(tree)
     evaluation = tree.pop("evaluation", {}) or {}
+    models = tree.pop("models", {}) or {}
+    budget = tree.pop("budget", None)
     valid = {f.name for f in dataclasses.fields(Study)}
     unknown = sorted(set(tree) - valid)
-    eval_valid = {f.name for f in dataclasses.fields(Evaluation)}
-    unknown += [f"evaluation.{k}" for k in sorted(set(evaluation) - eval_valid)]
+    unknown += [f"evaluation.{k}" for k in sorted(set(evaluation) - {f.name for f in dataclasses.fields(Evaluation)})]
+    if budget is not None:
+        unknown += [f"budget.{k}" for k in sorted(set(budget) - {f.name for f in dataclasses.fields(Budget)})]
     if unknown:
         raise ConfigError(f"{origin}: unknown study key(s) {', '.join(unknown)}")
-    study = Study(**tree, evaluation=Evaluation(**evaluation))
-    study.models = {str(label): [str(o) for o in (ovr or [])] for label, ovr in study.models.items()}
+    variants = {str(label): _variant(str(label), entry, origin) for label, entry in models.items()}
+    study = Study(**tree, models=variants, evaluation=Evaluation(**evaluation),
+                  budget=None if budget is None else Budget(**budget))
     study.validate()
     return study
 
 
-@dataclass
-class Point:
-    """One pre-training run of a study and what it measured."""
-
-    label: str
-    size: int  # pre-training images available
-    steps: int
-    run_dir: str
-    pretrain_accuracy: Optional[float]
-    fewshot: dict[str, float]  # "5-shot" -> mean accuracy
-    images_seen: int
-    pretrain_gflops: float  # training FLOPs = 3 x forward
+def _variant(label: str, entry: Any, origin: str) -> Variant:
+    """A ``models`` entry: a list of overrides, or ``{overrides: [...], family: NAME, pretrain: bool}``."""
+    if entry is None or isinstance(entry, list):
+        return Variant(overrides=[str(o) for o in entry or []], family=label)
+    if not isinstance(entry, dict) or set(entry) - {"overrides", "family", "pretrain"}:
+        raise ConfigError(f"{origin}: models.{label} must be a list of overrides or {{overrides, family, pretrain}}")
+    return Variant(overrides=[str(o) for o in entry.get("overrides") or []],
+                   family=str(entry.get("family", label)), pretrain=bool(entry.get("pretrain", True)))
 
 
-def run_study(study: Study, out_dir: str | Path, resume: bool = True) -> list[Point]:
-    """Train and evaluate every point; finished points (``point.json`` present) are reused when ``resume``."""
-    out = Path(out_dir)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / "study.yaml").write_text(yaml.safe_dump(dataclasses.asdict(study), sort_keys=False))
-    points = []
-    grid = study.sizes if study.kind == "data_size" else study.budgets
-    for label, model_overrides in study.models.items():
-        for value in grid:
-            tag = f"{_slug(label)}-{'n' if study.kind == 'data_size' else 'steps'}{value}"
-            point_file = out / "runs" / tag / "point.json"
-            if resume and point_file.is_file():
-                points.append(Point(**json.loads(point_file.read_text())))
-                continue
-            cfg = load_config(study.base, study.overrides)
-            if any(o.startswith("model.name=") for o in model_overrides):
-                cfg.model.overrides = {}  # the base's model options belong to the base's model
-            cfg = cfg.override(model_overrides)
-            if study.kind == "scaling":
-                cfg = cfg.override({"train.steps": value})
-            points.append(_run_point(study, cfg, label, value, out / "runs" / tag, resume))
-            point_file.write_text(json.dumps(dataclasses.asdict(points[-1]), indent=2))
-    write_report(study, points, out)
-    return points
-
-
-def _run_point(study: Study, cfg, label: str, value: int, run_dir: Path, resume: bool) -> Point:
-    source = get_source(cfg.data.dataset, split=cfg.data.train_split, **cfg.data.options)
-    size = len(source)
-    if study.kind == "data_size":
-        size = min(value, len(source))
-        cfg = cfg.override({"data.exclusions": str(_subset_exclusions(source, size, study, run_dir))})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    summary = pretrain(cfg, run_dir / "pretrain", resume=resume)
-    model = load_model(run_dir / "pretrain" / "checkpoints" / "last.safetensors").eval()
-    fewshot = _fewshot(model, study.evaluation)
-    steps = int(summary.get("steps", cfg.train.steps or 0))
-    images = steps * cfg.train.batch_size
-    macs = _forward_macs(model, count_model_macs)
-    return Point(
-        label=label,
-        size=size,
-        steps=steps,
-        run_dir=str(run_dir),
-        pretrain_accuracy=summary.get("metrics", {}).get("test_accuracy"),
-        fewshot=fewshot,
-        images_seen=images,
-        pretrain_gflops=3 * 2 * macs * images / 1e9,
-    )
-
-
-def _subset_exclusions(source, size: int, study: Study, run_dir: Path) -> Path:
-    """The complement of the nested subset of ``size`` images, as an exclusion list the engine honours."""
-    labels = getattr(source, "labels", None)
-    kept = set(int(i) for i in nested_subsets(labels if labels is not None else len(source), [size], seed=study.subset_seed)[0])
-    path = run_dir / "excluded.txt"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(str(i) for i in range(len(source)) if i not in kept) + "\n")
-    return path
-
-
-def _fewshot(model, evaluation: Evaluation) -> dict[str, float]:
-    train = get_source(evaluation.dataset, split=evaluation.train_split)
-    test = get_source(evaluation.dataset, split=evaluation.test_split)
-    report = fewshot_evaluate(
-        model, train, test, shots=evaluation.shots, seeds=evaluation.seeds,
-        representation_name=evaluation.representation, img_size=evaluation.img_size,
-        test_limit=evaluation.test_limit, dataset=evaluation.dataset,
-    )
-    return {f"{r.shots}-shot": float(r.mean) for r in report.results}
-
-
-def _forward_macs(model, count_model_macs) -> int:
-    size = getattr(model.config, "img_size", (224, 224))
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    images = torch.zeros(1, model.config.in_chans, *size)
-    return count_model_macs(model, images)
-
-
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-") or "model"
+def describe_presets() -> list[tuple[str, str, str]]:
+    """``(name, kind, title)`` of every shipped study preset, for ``vitlab study --list``."""
+    rows = []
+    for name in preset_names():
+        study = load_study(name)
+        rows.append((name, study.kind, study.title))
+    return rows

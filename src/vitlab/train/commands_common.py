@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from vitlab.config import RunConfig, list_presets, load_config
-from vitlab.errors import ConfigError
+from vitlab.errors import ConfigError, VitlabError
+from vitlab.report import build_report
 from vitlab.train.distributed import env_world
 
 log = logging.getLogger(__name__)
@@ -45,3 +46,14 @@ def print_summary(summary: dict, out: str) -> None:
         return
     log.debug("summary: %s", json.dumps(summary))
     log.info("summary written to %s", Path(out) / "summary.json")
+
+
+def write_run_report(out: str) -> None:
+    """``OUT/report.html`` (and its figures) at the end of a run, on rank 0; a report that cannot be built is a
+    warning, not a failed run (``vitlab report OUT`` rebuilds it)."""
+    if env_world()[0] != 0:
+        return
+    try:
+        log.info("report written to %s", build_report(out))
+    except VitlabError as error:
+        log.warning("no report for %s: %s", out, error)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from vitlab.train.commands_common import add_run_arguments, config_from_args, exit_status, print_summary
+from vitlab.train.commands_common import (add_run_arguments, config_from_args, exit_status, print_summary,
+                                          write_run_report)
 from vitlab.train.distributed import shutdown
 from vitlab.train.runs import finetune
 
@@ -32,4 +33,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutdown(clean)
     print_summary(summary, args.out)
+    write_run_report(args.out)
     return exit_status(summary)

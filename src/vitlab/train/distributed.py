@@ -89,16 +89,47 @@ def setup(cfg: DistributedSection, device_preference: str) -> DistEnv:
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device, strategy=cfg.strategy)
 
 
-def wrap(model: nn.Module, env: DistEnv) -> nn.Module:
-    """The model as the training step calls it: DDP, FSDP2-sharded, or as is for one process."""
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def set_activation_checkpointing(model: nn.Module, setting: bool | int) -> None:
+    """Apply ``train.activation_checkpointing`` to a model (its Transformer blocks; ViTs and hybrids)."""
+    if setting is False or setting == 0:
+        return
+    if not hasattr(model, "set_activation_checkpointing"):
+        raise ConfigError(f"train.activation_checkpointing={setting!r}: the {type(model).__name__} has no "
+                          "Transformer blocks to checkpoint (ViTs and hybrids do)")
+    model.set_activation_checkpointing(setting)
+
+
+def fsdp_options(options: DistributedSection) -> dict[str, Any]:
+    """``fully_shard`` keywords from the config: mixed precision, resharding after forward, CPU offload."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
+
+    return {
+        "mp_policy": MixedPrecisionPolicy(param_dtype=DTYPES[options.param_dtype],
+                                          reduce_dtype=DTYPES[options.reduce_dtype]),
+        "reshard_after_forward": options.reshard_after_forward,
+        "offload_policy": CPUOffloadPolicy() if options.cpu_offload else OffloadPolicy(),
+    }
+
+
+def wrap(model: nn.Module, env: DistEnv, options: DistributedSection | None = None) -> nn.Module:
+    """The model as the training step calls it: DDP, FSDP2-sharded, or as is for one process.
+
+    FSDP2 shards each Transformer block and then the rest of the model (patch embedding, norms, head) as the root
+    group, so one block's parameters are gathered at a time (FSDP2 itself keeps the root group gathered after
+    the forward pass: the backward pass needs it first).
+    """
     if not env.distributed:
         return model
     if env.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        kwargs = fsdp_options(options or DistributedSection())
         for block in getattr(model, "blocks", []):
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, **kwargs)
+        fully_shard(model, **kwargs)
         return model
     device_ids = [env.device.index] if env.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)

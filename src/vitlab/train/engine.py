@@ -39,12 +39,13 @@ from vitlab.models.specs import run_label, spec_of_model
 from vitlab.progress import Progress, results_table
 from vitlab.train import distributed as dist_utils
 from vitlab.train.checkpoint import CheckpointDir
+from vitlab.train.checkpoint_dist import ShardedCheckpoints
 from vitlab.train.evaluation import accuracy, autocast, objective_accuracy
 from vitlab.train.hooks import Every, Reading, StepMeter, StopHook
 from vitlab.train.model_init import build_model, default_img_size, init_in_chans
 from vitlab.train.objectives import Objective, build_objective, metric_name, named_metrics
 from vitlab.train.optim import EMA, Schedule, build_optimizer, set_lr
-from vitlab.train.precision import resolve_precision
+from vitlab.train.precision import Precision, ProbeInput, resolve_precision
 from vitlab.train.resume import RunCheckpoints, check_run_dir
 from vitlab.train.rundir import RunDir
 from vitlab.train.state import StopRequest, TrainState, rng_state, seed_everything, set_rng_state
@@ -89,10 +90,13 @@ class Trainer:
         self.ckpt = CheckpointDir(self.run_dir.checkpoints)
         self.objective = objective or build_objective(cfg.train.loss, cfg.train.label_smoothing,
                                                       cfg.train.objective)
-        self.precision = resolve_precision(cfg.train.precision, self.env.device)
+        self.precision: Precision  # resolved once the model exists (precision=auto may time it)
         self.micro = cfg.micro_batch_size(self.env.world_size)
         self.accum = cfg.accumulation_steps(self.env.world_size)
-        self.checkpoints = RunCheckpoints(self.ckpt, self.env, micro_batch_size=self.micro, seed=cfg.seed)
+        sharded = (ShardedCheckpoints(self.run_dir.checkpoints / "sharded", self.env)
+                   if cfg.distributed.sharded_checkpoints else None)
+        self.checkpoints = RunCheckpoints(self.ckpt, self.env, micro_batch_size=self.micro, seed=cfg.seed,
+                                          sharded=sharded)
         self.started = time.perf_counter()  # wall time counts set-up and the final evaluation too
         self.wall_before = 0.0  # wall seconds of earlier sessions of this run (restored on resume)
         self.last_loss: float | None = None  # of the last log step, for the progress bar
@@ -106,7 +110,7 @@ class Trainer:
                               "to fine-tune, or model.name=<architecture> to train from scratch")
         if cfg.task == "finetune" and not cfg.model.init_from:
             log.warning("fine-tuning %s from random weights: model.init_from is not set", cfg.model.name)
-        check_run_dir(self.run_dir, self.ckpt, cfg, self.resume)
+        check_run_dir(self.run_dir, self.checkpoints, cfg, self.resume)
         self.started = time.perf_counter()
         # A Python caller's process keeps its own thread count, RNG states and determinism setting.
         threads, rngs = torch.get_num_threads(), rng_state(env.device)
@@ -134,11 +138,14 @@ class Trainer:
         model = build_model(cfg.model, objective=cfg.train.objective, num_classes=plan.num_classes,
                             in_chans=plan.in_chans, img_size=plan.img_size, classes=plan.classes,
                             source_channels=plan.source_channels).to(env.device)
+        dist_utils.set_activation_checkpointing(model, cfg.train.activation_checkpointing)
+        self.precision = resolve_precision(cfg.train.precision, env.device, ProbeInput(
+            model, self.micro, plan.in_chans, plan.img_size, plan.num_classes))
         ema = EMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         scaler = torch.amp.GradScaler(env.device.type, enabled=self.precision.scaler)
         seed_everything(cfg.seed * 7919 + 1 + env.rank)  # dropout / stochastic depth: a stream per rank
 
-        loaded = self.ckpt.load_latest() if self.resume else None
+        loaded = self.checkpoints.latest() if self.resume else None
         if self.resume and loaded is None:
             log.info("--resume: no checkpoint in %s yet; starting from step 0", self.ckpt.root)
         if loaded is not None:
@@ -148,7 +155,7 @@ class Trainer:
             self.checkpoints.load_weights(loaded, model)
         # FSDP shards the parameters in place, so the optimiser is built on the wrapped model's parameters.
         self.checkpoints.keep_cpu_copy(model)
-        train_model = dist_utils.wrap(model, env)
+        train_model = dist_utils.wrap(model, env, cfg.distributed)
         optimizer = build_optimizer(model, cfg.optim, fused=self.checkpoints.cpu_copy is None)
         state = TrainState()
         if loaded is not None:

@@ -50,11 +50,17 @@ class Supervised:
 
     loss: str = "softmax"  # softmax | sigmoid
     label_smoothing: float = 0.0
+    # The loss reads the logits only, so a ViT may compute its last block for the class token alone (same
+    # logits and gradients, fewer FLOPs: see VisionTransformer.forward_features). False: the full forward pass.
+    last_block_cls_only: bool = True
 
     def __call__(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = model(images).float()  # [B, K]
+        if self.last_block_cls_only and getattr(_unwrapped(model), "offers_last_block_cls_only", False):
+            logits = model(images, last_block_cls_only=True).float()  # [B, K]
+        else:
+            logits = model(images).float()
         if self.loss == "softmax" and targets.ndim == 1:  # class indices: torch's fused kernel
             loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
         else:
@@ -88,6 +94,11 @@ def metric_name(objective: str, key: str) -> str:
 def named_metrics(objective: str, record: dict) -> dict:
     """``record`` with every key renamed by :func:`metric_name`."""
     return {metric_name(objective, key): value for key, value in record.items()}
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The module a DDP wrapper holds (FSDP2 shards the module in place, so it is the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def build_objective(loss: str, label_smoothing: float, objective: str = "classify") -> Objective:

@@ -18,6 +18,7 @@ from vitlab.data.stream import Stream
 from vitlab.errors import CheckpointError, ConfigError, ResumeMismatchError
 from vitlab.train import distributed as dist_utils
 from vitlab.train.checkpoint import CheckpointDir, Loaded
+from vitlab.train.checkpoint_dist import ShardedCheckpoints
 from vitlab.train.distributed import DistEnv
 from vitlab.train.optim import EMA
 from vitlab.train.rundir import RunDir
@@ -29,12 +30,13 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = {
     "train.num_threads", "train.log_every", "train.eval_every", "train.checkpoint_every", "data.num_workers",
     "data.eval_batch_size", "train.device", "distributed.backend", "distributed.timeout_minutes", "train.micro_batch_size",
+    "train.activation_checkpointing", "distributed.reshard_after_forward", "distributed.cpu_offload",
 }
 
 
-def check_run_dir(run_dir: RunDir, ckpt: CheckpointDir, cfg: RunConfig, resume: bool) -> None:
+def check_run_dir(run_dir: RunDir, checkpoints: "RunCheckpoints", cfg: RunConfig, resume: bool) -> None:
     """Refuse to overwrite a run silently, and to resume one with a config that computes something else."""
-    if ckpt.exists() and not resume:
+    if checkpoints.exists() and not resume:
         raise ConfigError(
             f"--out {run_dir.root} already holds a run; pass --resume to continue it or choose another --out"
         )
@@ -81,12 +83,27 @@ class RunCheckpoints:
     state, the data position and the :class:`TrainState`. Every rank calls :meth:`save` (FSDP gathers shards);
     rank 0 writes through :class:`vitlab.train.checkpoint.CheckpointDir`."""
 
-    def __init__(self, ckpt: CheckpointDir, env: DistEnv, *, micro_batch_size: int, seed: int) -> None:
+    def __init__(self, ckpt: CheckpointDir, env: DistEnv, *, micro_batch_size: int, seed: int,
+                 sharded: ShardedCheckpoints | None = None) -> None:
         self.ckpt = ckpt
+        # distributed.sharded_checkpoints: weights and optimiser through torch.distributed.checkpoint, every rank
+        # its own shards (no gather; resumable on another world size); the rest as always, from rank 0
+        self.sharded = sharded
         self.env = env
         self.examples_per_batch = micro_batch_size * env.world_size
         self.seed = seed
         self.cpu_copy: nn.Module | None = None  # FSDP: a full copy on the CPU that rank 0 writes to files
+
+    def exists(self) -> bool:
+        return self.ckpt.exists() or (self.sharded is not None and self.sharded.exists())
+
+    def latest(self) -> Loaded | None:
+        """The checkpoint to resume from; a sharded one carries its step directory and small state only (its
+        tensors are read into the wrapped model and optimiser by :meth:`restore`)."""
+        if self.sharded is None:
+            return self.ckpt.load_latest()
+        found = self.sharded.latest()
+        return None if found is None else Loaded(found[0], {}, found[1], [])
 
     def keep_cpu_copy(self, model: nn.Module) -> None:
         """Under FSDP the parameters get sharded in place: keep a full CPU copy to write files from."""
@@ -113,10 +130,11 @@ class RunCheckpoints:
         rngs = dist_utils.gather_objects(rng_state(self.env.device), self.env)
         # every rank's data position: a shard stream's readers differ by rank when shard counts do
         data = dist_utils.gather_objects(stream.state_dict(), self.env)
-        weights = self.saveable(model)
-        optimizer_state = dist_utils.full_optimizer_state(model, optimizer, self.env)
-        if self.env.is_main:
-            self.ckpt.save(weights, {
+        sharded = self.sharded is not None
+        weights = None if sharded else self.saveable(model)
+        optimizer_state = None if sharded else dist_utils.full_optimizer_state(model, optimizer, self.env)
+        if self.env.is_main or sharded:
+            payload = {
                 **state.checkpoint_fields(),
                 "optimizer": optimizer_state,
                 "ema": ema.state_dict() if ema is not None else None,
@@ -127,10 +145,16 @@ class RunCheckpoints:
                 "examples_per_batch": self.examples_per_batch,
                 "world_size": self.env.world_size,
                 "finished": finished,
-            })
+            }
+            if sharded:  # every rank writes its shards, rank 0 the payload
+                self.sharded.save(state.step, model, optimizer, payload)
+            else:
+                self.ckpt.save(weights, payload)
         dist_utils.barrier(self.env)
 
     def load_weights(self, loaded: Loaded, model: nn.Module) -> None:
+        if self.sharded is not None:
+            return  # read with the optimiser by restore(), once the model is wrapped
         try:
             model.load_state_dict({k: v.to(self.env.device) for k, v in loaded.weights.items()})
         except RuntimeError as error:
@@ -140,7 +164,10 @@ class RunCheckpoints:
                 scaler: torch.amp.GradScaler, stream: Stream) -> TrainState:
         saved = loaded.state
         try:
-            dist_utils.load_optimizer_state(model, optimizer, saved["optimizer"], self.env)
+            if self.sharded is not None:  # weights and optimiser from every rank's shards, any world size
+                self.sharded.load(loaded.weights_path, model, optimizer)
+            else:
+                dist_utils.load_optimizer_state(model, optimizer, saved["optimizer"], self.env)
             if ema is not None:
                 if saved.get("ema") is None:
                     raise CheckpointError(f"{loaded.weights_path}: the run had no EMA but the config asks for one")
