@@ -125,6 +125,40 @@ def test_cifar10_folder_and_archive(cifar10_root, tmp_path):
         get_source("cifar10", root=tmp_path / "nothing")
 
 
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar_batches_of_both_pickle_protocols_read(tmp_path, protocol):
+    """The real batches are protocol-2 pickles of Python 2; re-pickled ones use protocol 5 buffers."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batch = _cifar_batch(3, b"labels", 10)
+    batch[b"filenames"] = [b"a.png", b"b.png", b"c.png"]
+    for name in ("test_batch", *[f"data_batch_{i}" for i in range(1, 6)]):
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    test = get_source("cifar10", split="test", root=tmp_path)
+    assert np.array_equal(test.images.numpy().reshape(3, -1), batch[b"data"])
+
+
+def test_a_malicious_cifar_batch_runs_no_code(cifar10_root, tmp_path):
+    """A pickle that calls os.system when unpickled is refused before the call (restricted unpickler)."""
+    import os
+    import shutil
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    root = tmp_path / "root"
+    shutil.copytree(cifar10_root, root)
+    batch = _cifar_batch(3, b"labels", 10)
+    batch[b"labels"] = Evil()
+    (root / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(DataError, match=r"test_batch: not a CIFAR pickle batch.*refusing global (posix|os)\.system"):
+        get_source("cifar10", split="test", root=root)
+    assert not marker.exists()
+
+
 def test_cifar100_fine_and_coarse(tmp_path):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()

@@ -90,11 +90,11 @@ def test_demo_runs_end_to_end_and_reuses_finished_runs(tiny_size, tmp_path, caps
     assert [r["shots"] for r in fewshot["report"]["results"]] == [1, 5, 10, 25]
 
     # re-running reuses every finished stage: no training state is written again, the table is the same
-    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("last.state.pt")}
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("last.state.safetensors")}
     assert len(stamps) == 4  # pre-training, one fine-tuning trial, two from-scratch trials
     first_table = printed.split("\n\n")[0]
     assert main(["demo", "--out", str(out), "--size", "tiny"]) == 0
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("last.state.pt")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("last.state.safetensors")} == stamps
     assert capsys.readouterr().out.split("\n\n")[0] == first_table
 
 

@@ -1,6 +1,8 @@
 """Masked patch prediction (Section 4.6): targets, corruption proportions, learning, and transfer."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -76,12 +78,26 @@ def test_engine_pretrains_with_masked_patch_prediction_from_the_config(tmp_path)
 
     summary = run_training(tiny_config(train={"objective": "mpp", "steps": 12, "checkpoint_every": 0}),
                            tmp_path / "mpp")
-    # share of corrupted patches' colours predicted: seeded run 0.031 on Zen 5 after 12 steps; uniform chance over
-    # the 512 colour bins is 0.002, so the band also says the head learned something
-    assert summary["metrics"]["test_accuracy"] == pytest.approx(0.031, abs=0.015)
+    # the score is the share of corrupted patches whose colour class is predicted: named so, never "test_accuracy"
+    assert summary["objective"] == "mpp" and "test_accuracy" not in summary["metrics"]
+    assert set(summary["metrics"]) == {"mpp_test_patch_accuracy", "mpp_test_loss"}
+    logged = [json.loads(line) for line in (tmp_path / "mpp" / "metrics.jsonl").read_text().splitlines()]
+    assert all(not key.endswith("_accuracy") or key.startswith("mpp_") for record in logged for key in record)
+    assert any("mpp_train_patch_accuracy" in record for record in logged)
+    # seeded run: 0.031 on Zen 5 after 12 steps; uniform chance over the 512 colour bins is 0.002, so the band also
+    # says the head learned something
+    assert summary["metrics"]["mpp_test_patch_accuracy"] == pytest.approx(0.031, abs=0.015)
     saved = weights(tmp_path / "mpp")
     assert saved["mpp_head.weight"].shape == (512, 32) and "head.weight" not in saved
     tuned = resolve(tmp_path / "mpp" / "checkpoints" / "last.safetensors").build(num_classes=4, img_size=16)
     assert tuned(torch.randn(2, 3, 16, 16)).shape == (2, 4)
     with pytest.raises(ConfigError, match="pre-training objective"):
         RunConfig.from_dict(dict(tiny_tree(train={"objective": "mpp"}), task="finetune"))
+
+
+def test_metric_names_say_what_they_measure() -> None:
+    from vitlab.train.objectives import metric_name
+
+    assert metric_name("classify", "test_accuracy") == "test_accuracy"
+    assert metric_name("mpp", "test_accuracy") == "mpp_test_patch_accuracy"
+    assert metric_name("mpp", "dev_loss") == "mpp_dev_loss" and metric_name("mpp", "lr") == "lr"

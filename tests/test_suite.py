@@ -134,3 +134,25 @@ def test_minimal_suite_end_to_end_through_the_cli(tmp_path, capsys) -> None:
     assert main(["suite", "--suite", str(suite_path), "--checkpoint", str(weights), "--out", str(out),
                  "--tasks", "nope"]) == 2
     assert "no task(s) nope" in capsys.readouterr().err
+
+
+def test_rerunning_one_task_keeps_the_others_and_a_changed_config_gets_suite_advice(tmp_path, capsys) -> None:
+    from vitlab.cli import main
+
+    suite_path, weights = minimal_suite(tmp_path)
+    out = tmp_path / "out"
+    base = ["suite", "--suite", str(suite_path), "--checkpoint", str(weights), "--out", str(out), "--mode",
+            "finetune"]
+    assert main(base) == 0
+    first = json.loads((out / "suite.json").read_text())
+    assert first["settings"]["checkpoint"] == str(weights) and first["settings"]["overrides"] == []
+    assert main(base + ["--tasks", "where"]) == 0  # rerun one task: the report still holds both
+    report = (out / "suite-report.md").read_text()
+    assert "| patterns |" in report and "| where |" in report and "**mean** (2 tasks)" in report
+    assert str(weights) in report  # the report says which checkpoint made it
+    capsys.readouterr()
+    # the same --out with another fine-tuning setting: advice that fits `suite` (it takes no --config)
+    assert main(base + ["--tasks", "where", "train.steps=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "suite task where" in err and "omit --config" not in err
+    assert "another --out" in err

@@ -87,7 +87,7 @@ def test_a_kill_between_the_renames_leaves_a_consistent_pair(tmp_path, monkeypat
 
     def replace(src, dst):
         # atomic_write's own temp->final renames are part of writing the .new files; count only the rotation
-        if ".new." in str(src) and str(dst).endswith((".new.safetensors", ".new.state.pt")):
+        if ".new." in str(src) and str(dst).endswith((".new.safetensors", ".new.state.safetensors")):
             return real_replace(src, dst)
         if calls["n"] == renames_done:
             raise Killed()
@@ -102,3 +102,72 @@ def test_a_kill_between_the_renames_leaves_a_consistent_pair(tmp_path, monkeypat
     assert loaded.state["step"] in (2, 3)
     _assert_consistent(loaded, loaded.state["step"])
     assert loaded.state["step"] == 3  # the .new pair was complete before any rename
+
+
+def test_a_kill_during_a_write_leaves_temp_files_that_the_next_save_removes(tmp_path, monkeypatch):
+    """SIGKILL inside atomic_write leaves ``.last.new.safetensors.*.tmp``; the next checkpoint deletes it."""
+    directory = CheckpointDir(tmp_path)
+    _save(directory, 1)
+    stale = [tmp_path / ".last.new.safetensors.abc123.tmp", tmp_path / ".last.new.state.safetensors.x9.tmp"]
+    for path in stale:
+        path.write_bytes(b"\0" * 1000)  # what the kill left: a temp file no rename will ever pick up
+    _save(directory, 2)
+    assert not any(path.exists() for path in stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last.safetensors", "last.state.safetensors", "prev.safetensors", "prev.state.safetensors"]
+    _assert_consistent(directory.load_latest(), 2)
+
+
+def test_state_round_trips_exactly_without_pickle(tmp_path):
+    """Every kind of value the engine saves comes back with its type, dtype and bits."""
+    import random
+
+    import numpy as np
+
+    from vitlab.train.statefile import load_state, save_state
+
+    random.seed(3)
+    np.random.seed(4)
+    adam = torch.optim.AdamW([torch.nn.Parameter(torch.randn(3, 2))], lr=0.1)
+    adam.param_groups[0]["params"][0].grad = torch.randn(3, 2)
+    adam.step()
+    state = {
+        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+        "optimizer": adam.state_dict(), "floats": [0.1, -0.0, float("inf"), 1e-310], "big": 2**70,
+        "bf16": torch.randn(4).to(torch.bfloat16), "empty": torch.zeros(0, 3), "flag": np.bool_(True),
+        "view": torch.arange(10)[2:5], "nested": {3: ("a", None, [1, 2])},
+    }
+    save_state(state, tmp_path / "s.safetensors")
+    back = load_state(tmp_path / "s.safetensors")
+    random.setstate(back["python"])
+    np.random.set_state(back["numpy"])
+    assert back["python"] == state["python"] and isinstance(back["numpy"], tuple)
+    assert np.array_equal(back["numpy"][1], state["numpy"][1]) and back["numpy"][1].dtype == np.uint32
+    assert torch.equal(back["torch"], state["torch"])
+    assert back["optimizer"]["param_groups"] == state["optimizer"]["param_groups"]
+    for key, value in state["optimizer"]["state"][0].items():
+        assert torch.equal(back["optimizer"]["state"][0][key], value)
+    assert back["floats"][:3] == [0.1, -0.0, float("inf")] and str(back["floats"][1]) == "-0.0"
+    assert back["floats"][3] == 1e-310 and back["big"] == 2**70
+    assert back["bf16"].dtype == torch.bfloat16 and torch.equal(back["bf16"], state["bf16"])
+    assert back["empty"].shape == (0, 3) and torch.equal(back["view"], torch.tensor([2, 3, 4]))
+    assert back["flag"] is np.True_ or back["flag"] == np.bool_(True)
+    assert back["nested"] == {3: ("a", None, [1, 2])}
+    adam.load_state_dict(back["optimizer"])
+
+
+def test_a_pickled_state_is_never_loaded(tmp_path):
+    """A crafted .state.pt of an older vitlab would run code if unpickled: it is refused, not read."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    directory = CheckpointDir(tmp_path)
+    (tmp_path / "last.state.pt").write_bytes(pickle.dumps({"step": 1, "x": Evil()}))
+    with pytest.raises(CheckpointError, match="pickled training state"):
+        directory.load_latest()
+    assert not marker.exists()

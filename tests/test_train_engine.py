@@ -12,6 +12,7 @@ from vitlab.config import load_config
 from vitlab.errors import ConfigError
 from vitlab.train import TrainingDiverged, pretrain, run_training
 from vitlab.train.checkpoint import CheckpointDir
+from vitlab.train.statefile import load_state
 from vitlab.train.objectives import Supervised
 
 
@@ -19,7 +20,7 @@ def test_a_run_writes_the_run_directory(tmp_path):
     cfg = tiny_config()
     summary = pretrain(cfg, tmp_path)
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.safetensors",
-                 "checkpoints/last.state.pt", "checkpoints/best.safetensors"):
+                 "checkpoints/last.state.safetensors", "checkpoints/best.safetensors"):
         assert (tmp_path / name).is_file(), name
     assert load_config(tmp_path / "config.yaml") == cfg  # the resolved config rebuilds the run
     on_disk = json.loads((tmp_path / "summary.json").read_text())
@@ -57,7 +58,7 @@ def test_autocast_precisions_train_on_cpu(tmp_path, precision):
 
 def test_ema_weights_are_evaluated_and_saved_as_best(tmp_path):
     summary = run_training(tiny_config(train={"ema_decay": 0.9}), tmp_path)
-    state = torch.load(tmp_path / "checkpoints" / "last.state.pt", weights_only=False)
+    state = load_state(tmp_path / "checkpoints" / "last.state.safetensors")
     shadow = state["ema"]["shadow"]
     best = weights(tmp_path, "best")
     assert max_abs_diff(best, {k: shadow[k] for k in best}) == 0.0

@@ -14,6 +14,7 @@ from train_helpers import last_logged_step, run, start_and_signal, tiny_tree, vi
 from vitlab.config import load_config
 from vitlab.train import pretrain
 from vitlab.train.checkpoint import CheckpointDir
+from vitlab.train.statefile import load_state
 
 STEPS = 40
 
@@ -58,8 +59,8 @@ def test_sigterm_then_sigkill_then_resume_is_bit_identical(tmp_path):
         assert ref.keys() == got.keys()
         for key in ref:
             assert torch.equal(ref[key], got[key]), f"{name}.safetensors differs in {key}"
-    ref_state = torch.load(reference / "checkpoints" / "last.state.pt", weights_only=False)
-    got_state = torch.load(interrupted / "checkpoints" / "last.state.pt", weights_only=False)
+    ref_state = load_state(reference / "checkpoints" / "last.state.safetensors")
+    got_state = load_state(interrupted / "checkpoints" / "last.state.safetensors")
     for key, value in ref_state["ema"]["shadow"].items():
         assert torch.equal(value, got_state["ema"]["shadow"][key]), f"EMA differs in {key}"
     assert ref_state["best"] == got_state["best"] and ref_state["data"] == got_state["data"]

@@ -156,7 +156,7 @@ def test_sharded_checkpoint_reads_back_exactly_on_one_process(two_rank_sharded_r
     ckpt = ShardedCheckpoints(two_rank_sharded_run / "checkpoints" / "sharded", DistEnv())
     assert [step for step, _ in ckpt.steps()] == [STEPS, 10]
     assert sorted(p.name for p in ckpt.step_dir(STEPS).iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp",
-                                                                     "state.pt"]
+                                                                     "state.safetensors"]
     path, state = ckpt.latest()
     assert state["step"] == STEPS and state["world_size"] == 2 and state["optimizer"] is None
     model = vitlab.load_model(two_rank_sharded_run / "checkpoints" / "best.safetensors")  # gathered by FSDP

@@ -13,19 +13,29 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from vitlab.models.registry import list_models  # noqa: E402
-from vitlab.models.weights import load_model, save_model  # noqa: E402
-from vitlab.weights.pretrained import create_model  # noqa: E402  (the registry's, plus pretrained=)
+import importlib
+from typing import Any
+
+# Resolved on first use (PEP 562), so `import vitlab` and commands that need no model (`vitlab models`, `--help`)
+# do not pay seconds for importing torch; `Predictor` does not import prediction (and training) code either.
+_PUBLIC = {
+    "create_model": "vitlab.weights.pretrained",  # the registry's, plus pretrained=
+    "list_models": "vitlab.models.registry",
+    "load_model": "vitlab.models.weights",
+    "save_model": "vitlab.models.weights",
+    "Predictor": "vitlab.predict",
+}
+
+__all__ = ["Predictor", "create_model", "list_models", "load_model", "save_model", "__version__"]
 
 
-
-def __getattr__(name: str):
-    """``vitlab.Predictor`` without importing prediction (and training) code on ``import vitlab``."""
-    if name == "Predictor":
-        from vitlab.predict import Predictor
-
-        return Predictor
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'vitlab' has no attribute {name!r}")
 
 
-__all__ = ["Predictor", "create_model", "list_models", "load_model", "save_model", "__version__"]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

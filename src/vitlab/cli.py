@@ -12,14 +12,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Sequence
 
 from vitlab.errors import VitlabError
+from vitlab.outdir import OutputGuard
 
 # command name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("vitlab.models.commands", "list the model variants with parameters and GMACs"),
+    "presets": ("vitlab.train.commands_presets", "list the packaged presets: what each reproduces, model, steps, time"),
     "pretrain": ("vitlab.train.commands_pretrain", "pre-train a model (the paper's Adam recipe)"),
     "finetune": ("vitlab.train.commands_finetune", "fine-tune a checkpoint (SGD, zero-init head, new resolution)"),
     "eval": ("vitlab.evaluate.commands_eval", "evaluate a checkpoint: top-1, top-5, per class, confusion matrix"),
@@ -39,6 +45,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("vitlab.train.commands_plan", "memory per GPU, micro-batch and time per epoch before launching"),
 }
 
+# commands whose output is a file (its folder is guarded) rather than a folder: command -> argument
+# (a command whose --out is a file must be listed here, or its --out would be made a folder up front)
+OUTPUT_FILES: dict[str, str] = {"convert": "dest", "fewshot": "out", "predict": "out", "export": "out"}
+
+
+def _output_guard(args: argparse.Namespace) -> OutputGuard | nullcontext:
+    """The guard of the command's output folder (created up front, cleaned when the start fails)."""
+    if args.command in OUTPUT_FILES:
+        target = getattr(args, OUTPUT_FILES[args.command], None)
+        if target:
+            return OutputGuard(Path(target).expanduser().parent, option="output folder", track_files=False)
+        return nullcontext()
+    out = getattr(args, "out", None)
+    return OutputGuard(out) if out else nullcontext()
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -56,19 +77,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides += extra
     elif extra:
         full.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    configure_output(args.verbose)
     if args.command is None:
         full.print_help()
         return 2
     module = importlib.import_module(args._module)
     try:
-        return int(module.run(args) or 0)
+        with _output_guard(args):
+            return int(module.run(args) or 0)
     except VitlabError as error:
         print(f"vitlab {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the file system said no (permission, disk full, not a directory): not a bug
+        print(f"vitlab {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vitlab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+# Libraries whose INFO/WARNING chatter ("Loaded  from checkpoint", progress bars, per-process banners) is not
+# the user's business; -v shows it all again.
+QUIET_LOGGERS = ("timm", "transformers", "huggingface_hub", "torch", "torch.distributed", "urllib3", "PIL",
+                 "matplotlib", "filelock", "onnxscript", "onnxruntime")
+QUIET_ENV = {
+    "TORCH_CPP_LOG_LEVEL": "ERROR",  # c10d / gloo per-process warnings, printed by torch's C++ side
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",  # tensorboard's optional TensorFlow import
+}
+
+
+def configure_output(verbose: bool) -> None:
+    """vitlab's own messages at INFO (DEBUG with -v); libraries' logs, deprecation warnings and progress bars
+    only with -v. Runs before any command imports torch, so the environment settings reach its C++ logging
+    and every torchrun worker (each runs this CLI)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s")
+    logging.getLogger("vitlab").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if verbose:
+        return
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(?!vitlab)")  # from library code
+
+
+def _one_line(error: OSError) -> str:
+    where = f"{error.filename}: " if error.filename else ""
+    return (where + (error.strerror or str(error))).replace("\n", " ")
 
 
 def _parser_for(command: str | None) -> argparse.ArgumentParser:

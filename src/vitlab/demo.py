@@ -119,7 +119,10 @@ def transfer_configs(size: DemoSize, pretrained: Path, pre_cfg) -> tuple[Any, An
     return finetune_cfg, scratch_cfg
 
 
-def _threads(cfg) -> int:
+def _threads(cfg, summary: dict | None = None) -> int:
+    """Threads the run used: its summary records what the thread rule chose; older summaries fall back."""
+    if summary and summary.get("num_threads"):
+        return int(summary["num_threads"])
     return int(getattr(cfg.train, "num_threads", None) or torch.get_num_threads())
 
 
@@ -214,14 +217,14 @@ def run_demo(out_dir: str | os.PathLike, size_name: str = "cpu") -> dict[str, An
                         "seed": pre_cfg.seed}, img_size, in_chans, device)
 
     dev = str(device)
-    pre_minutes = _compute_minutes(pre["wall_seconds"], _threads(pre_cfg), dev)
+    pre_minutes = _compute_minutes(pre["wall_seconds"], _threads(pre_cfg, pre), dev)
     rows = [
         Row("ViT pre-trained on Fashion-MNIST, fine-tuned", tuned["metrics"]["test_accuracy"],
             pretrain_minutes=pre_minutes,
-            transfer_minutes=_compute_minutes(tuned["wall_seconds"], _threads(finetune_cfg), dev),
+            transfer_minutes=_compute_minutes(tuned["wall_seconds"], _threads(finetune_cfg, tuned), dev),
             detail=_sweep_detail(tuned)),
         Row("Same ViT trained from scratch", scratch["metrics"]["test_accuracy"],
-            transfer_minutes=_compute_minutes(scratch["wall_seconds"], _threads(scratch_cfg), dev),
+            transfer_minutes=_compute_minutes(scratch["wall_seconds"], _threads(scratch_cfg, scratch), dev),
             detail=_sweep_detail(scratch)),
         _fewshot_row(f"{HEADLINE_SHOTS}-shot linear, pre-trained", fs_pre, pre_minutes, dev),
         _fewshot_row(f"{HEADLINE_SHOTS}-shot linear, random init", fs_rand, None, dev),

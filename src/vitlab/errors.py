@@ -27,5 +27,17 @@ class DataError(VitlabError):
     """A dataset file is missing, corrupt, or holds values out of range."""
 
 
+class ResumeMismatchError(ConfigError):
+    """``--resume`` of a run whose saved config differs in keys that change the computation.
+
+    Callers that resume on the user's behalf (``vitlab suite``, studies) catch it to give advice that fits them.
+    """
+
+    def __init__(self, message: str, *, config_path: str = "", keys: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.config_path = config_path
+        self.keys = tuple(keys)
+
+
 class DownloadError(VitlabError):
     """A download failed: unreachable server, a changed or tampered file (SHA-256), a URL that names no file."""

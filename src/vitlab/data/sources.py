@@ -16,6 +16,7 @@ synthetic       learnable class patterns plus noise, deterministic from ``seed``
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
 import pickle
@@ -147,11 +148,34 @@ def _cifar_open(root: Path, folder: str, archive: str):
     raise DataError(f"no CIFAR data under {root}: expected {folder}/ (the extracted archive) or {archive}")
 
 
+# The only globals a CIFAR batch needs: numpy's array and dtype reconstructors (numpy 1.x and 2.x spellings, pickle
+# protocols 2 and 5). Anything else (os.system, builtins.eval, ...) is refused before it can run.
+_CIFAR_GLOBALS = {
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+} | {("numpy", "ndarray"), ("numpy", "dtype"),
+     ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+     ("_codecs", "encode")}  # how Python 3 writes bytes in protocol 2: encode(str, "latin1"), no side effects
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles data only: a batch whose pickle names any other global is rejected (it would run code)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing global {module}.{name} (a CIFAR batch holds only arrays)")
+        return super().find_class(module, name)
+
+
 def _unpickle(raw: bytes, where) -> dict:
     try:
-        return pickle.loads(raw, encoding="bytes")
+        batch = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as error:
         raise DataError(f"{where}: not a CIFAR pickle batch ({type(error).__name__}: {error})") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{where}: not a CIFAR pickle batch (holds a {type(batch).__name__}, not a dict)")
+    return batch
 
 
 def _cifar_arrays(batch: dict, label_key: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:

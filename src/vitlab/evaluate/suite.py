@@ -39,7 +39,7 @@ import yaml
 
 from vitlab.config import load_config
 from vitlab.data import get_source
-from vitlab.errors import ConfigError
+from vitlab.errors import ConfigError, ResumeMismatchError
 from vitlab.evaluate.fewshot import fewshot_evaluate
 from vitlab.models.registry import create_model
 from vitlab.train import finetune
@@ -287,7 +287,14 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, *, checkpoint: str | Non
         result = TaskResult(task.name, task.group)
         if "finetune" in modes:
             log.info("suite %s: fine-tuning on %s (%s)", suite.name, task.name, task.group)
-            summary = finetune(cfg, out / task.name / "finetune", resume=True)
+            try:
+                summary = finetune(cfg, out / task.name / "finetune", resume=True)
+            except ResumeMismatchError as error:
+                raise ConfigError(
+                    f"suite task {task.name}: {out / task.name / 'finetune'} was fine-tuned with other settings "
+                    f"({', '.join(error.keys)}); rerun with the checkpoint, --finetune-config and key=value "
+                    "overrides it was made with, or use another --out (or delete that folder to retrain the task)"
+                ) from None
             if summary.get("interrupted"):
                 raise KeyboardInterrupt
             result.finetune_accuracy = float(summary["metrics"]["test_accuracy"])
@@ -295,7 +302,9 @@ def run_suite(suite: Suite, out_dir: str | os.PathLike, *, checkpoint: str | Non
             result.fewshot, result.fewshot_std = _task_fewshot(suite, task, cfg, checkpoint, out, device)
         result.seconds = time.perf_counter() - start
         results.append(result)
-    write_report(suite, results, out, modes)
+    settings = {"checkpoint": str(checkpoint) if checkpoint else None, "model": model_name,
+                "finetune_config": config, "overrides": overrides}
+    write_report(suite, results, out, modes, settings)
     return results
 
 
@@ -362,13 +371,57 @@ def grouped_table(suite: Suite, results: Sequence[TaskResult], modes: Sequence[s
     return "\n".join(lines)
 
 
-def write_report(suite: Suite, results: Sequence[TaskResult], out: Path, modes: Sequence[str]) -> str:
+def _result_from_dict(data: Mapping[str, Any]) -> TaskResult:
+    return TaskResult(data["task"], data["group"], data.get("finetune_accuracy"),
+                      {int(k): v for k, v in (data.get("fewshot") or {}).items()},
+                      {int(k): v for k, v in (data.get("fewshot_std") or {}).items()}, float(data.get("seconds", 0)))
+
+
+def merge_results(suite: Suite, results: Sequence[TaskResult], out: Path, modes: Sequence[str],
+                  settings: Mapping[str, Any]) -> tuple[list[TaskResult], list[str]]:
+    """This run's results plus those an earlier run in ``out`` made with the same settings (a rerun of one task
+    must not drop the others from the report); ``(results in suite order, modes covered)``."""
+    merged: dict[str, TaskResult] = {}
+    covered = set(modes)
+    previous_path = out / "suite.json"
+    if previous_path.is_file():
+        try:
+            previous = json.loads(previous_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = {}
+        same = previous.get("suite") == suite.name and previous.get("settings") == json.loads(json.dumps(settings))
+        if previous and not same:
+            log.warning("suite: %s was made with another checkpoint, model or overrides; the report now holds only "
+                        "this run's tasks", previous_path)
+        if same:
+            merged = {r["task"]: _result_from_dict(r) for r in previous.get("results", [])}
+            covered |= set(previous.get("modes", []))
+    for result in results:
+        old = merged.get(result.task)
+        if old is not None:  # keep what this run did not redo (e.g. the few-shot numbers of a fine-tune rerun)
+            if result.finetune_accuracy is None:
+                result.finetune_accuracy = old.finetune_accuracy
+            if not result.fewshot:
+                result.fewshot, result.fewshot_std = old.fewshot, old.fewshot_std
+        merged[result.task] = result
+    order = [t.name for t in suite.tasks if t.name in merged]
+    return [merged[name] for name in order], [m for m in MODES if m in covered]
+
+
+def write_report(suite: Suite, results: Sequence[TaskResult], out: Path, modes: Sequence[str],
+                 settings: Mapping[str, Any] | None = None) -> str:
+    """``OUT/suite-report.md`` and ``OUT/suite.json``: this run's tasks merged with earlier ones of the same
+    settings, and the settings (checkpoint or model, fine-tuning preset, overrides) that made them."""
+    settings = dict(settings or {})
+    results, modes = merge_results(suite, results, out, modes, settings)
     table = grouped_table(suite, results, modes)
+    made_with = ", ".join(f"{key} `{value}`" for key, value in settings.items() if value not in (None, [], {}))
     text = (f"# Suite `{suite.name}`\n\n{suite.description.strip()}\n\n"
-            f"Accuracy in % on each task's test set ({suite.train_examples} training examples per task; "
+            + (f"Made with {made_with}.\n\n" if made_with else "")
+            + f"Accuracy in % on each task's test set ({suite.train_examples} training examples per task; "
             f"few-shot: mean over seeds {suite.fewshot.seeds}).\n\n{table}\n")
     for name, content in (("suite-report.md", text),
-                          ("suite.json", json.dumps({"suite": suite.name, "modes": list(modes),
+                          ("suite.json", json.dumps({"suite": suite.name, "modes": list(modes), "settings": settings,
                                                      "results": [r.to_dict() for r in results]}, indent=2))):
         tmp = out / (name + ".tmp")
         tmp.write_text(content)

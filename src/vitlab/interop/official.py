@@ -11,8 +11,11 @@ attention output kernel [heads, head_dim, D]. Ours: torch's OIHW and [out, in], 
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
+import zipfile
+import zlib
 from pathlib import Path
 import numpy as np
 import torch
@@ -24,6 +27,8 @@ from vitlab.interop.official_resnet import bit_config_from_npz, bit_rows, hybrid
 from vitlab.models.layers import hybrid_stride
 from vitlab.models.registry import build_from_config, create_model
 from vitlab.models.weights import atomic_write, load_weights, model_family
+
+log = logging.getLogger(__name__)
 
 PREFIXES = ("", "opt/target/", "params/")  # where training code of different eras nested the parameters
 
@@ -165,16 +170,25 @@ def state_dict_from_npz(model: nn.Module, arrays: dict[str, np.ndarray], source:
     return state
 
 
+def require_npz_archive(path: str | os.PathLike, name: str | None = None) -> None:
+    """Refuse a file that is no zip archive before numpy sees it: numpy would try it as a pickle and advise
+    ``allow_pickle``, which is never right for weights (``name``: how the user referred to the file)."""
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{name or path}: not a readable .npz archive (truncated, corrupt or another format)")
+
+
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Arrays of an official checkpoint, with the training-era prefix removed (never unpickles)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    require_npz_archive(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError) as error:
-        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({error})") from error
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable .npz archive, corrupt or truncated ({reason})") from None
     for prefix in PREFIXES[1:]:
         if any(key.startswith(prefix) for key in arrays):
             arrays = {key[len(prefix):]: value for key, value in arrays.items() if key.startswith(prefix)}
@@ -193,7 +207,16 @@ def save_npz(model: nn.Module, path: str | os.PathLike, naming: str = "published
     """Export ``model`` in the official layout (float32), readable by the official code and by timm's loader.
 
     ``naming="published"`` writes the released checkpoints' module names, ``"current"`` those of today's Flax code.
+
+    The layout has no field for the activation: every reader (the official code, timm's npz loader, ours) runs
+    the official tanh-approximated GELU. A model trained with exact GELU (``gelu="exact"``, as timm and Hugging Face
+    ViTs) is exported anyway, since its weights are still right, with a warning that says how to keep its numerics.
     """
+    gelu = getattr(getattr(model, "config", None), "gelu", "tanh")
+    if gelu != "tanh":
+        log.warning("%s: the model uses %s GELU but the official .npz layout cannot record it; readers will run the "
+                    "tanh approximation (logits drift ~1e-4). Reload with vitlab.interop.official.load_npz_any(path, "
+                    "gelu=%r), or export to .safetensors, which keeps it", path, gelu, gelu)
     if naming not in NAMINGS:
         raise CheckpointError(f"naming={naming!r}; expected one of {', '.join(NAMINGS)}")
     state = {key: value.detach().cpu().float().numpy() for key, value in model.state_dict().items()}
@@ -211,8 +234,19 @@ def save_npz(model: nn.Module, path: str | os.PathLike, naming: str = "published
     atomic_write(path, write)
 
 
-def config_from_npz(arrays: dict[str, np.ndarray]) -> tuple[str, dict]:
+def config_from_npz(arrays: dict[str, np.ndarray], source: str = "checkpoint") -> tuple[str, dict]:
     """Read a model's architecture off an official checkpoint's keys and shapes: ``(family, config fields)``."""
+    try:
+        return _config_from_npz(arrays)
+    except KeyError as error:
+        raise CheckpointError(f"{source}: incomplete official checkpoint, it lacks the key {error}") from None
+    except CheckpointError as error:  # name the file, once
+        if source in str(error):
+            raise
+        raise CheckpointError(f"{source}: {error}") from None
+
+
+def _config_from_npz(arrays: dict[str, np.ndarray]) -> tuple[str, dict]:
     if any(key.startswith("resnet/") for key in arrays) and "embedding/kernel" not in arrays:
         return "bit", bit_config_from_npz(arrays)
     if "embedding/kernel" not in arrays:
@@ -255,7 +289,7 @@ def config_from_npz(arrays: dict[str, np.ndarray]) -> tuple[str, dict]:
 def load_npz_any(path: str | os.PathLike, model_name: str | None = None, **overrides) -> nn.Module:
     """Build the model an official checkpoint describes (or ``model_name`` when given) and load it."""
     arrays = read_npz(path)
-    family, fields = config_from_npz(arrays)
+    family, fields = config_from_npz(arrays, str(path))
     fields.update(overrides)
     if model_name is not None:
         # The name fixes the architecture; the checkpoint still decides head, resolution and pooling.

@@ -44,3 +44,4 @@ def count_params(name: str, img_size: int = 224, num_classes: int = 1000, **over
     with torch.device("meta"):
         model = create_model(name, num_classes=num_classes, img_size=img_size, **overrides)
     return sum(p.numel() for p in model.parameters())
+

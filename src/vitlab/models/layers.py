@@ -6,20 +6,12 @@ insides: the ViT builds the hybrid stem, the stem only needs these helpers.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from vitlab.errors import ShapeError
-
-
-def hybrid_stride(hybrid_layers: Optional[Sequence[int]]) -> int:
-    """Stride of a hybrid's ResNet: 4 from the root (conv and max-pool), x2 for each stage after the first; 1 for a
-    plain ViT (``None``: the patches are cut from the pixels)."""
-    if hybrid_layers is None:
-        return 1
-    return 4 * 2 ** max(len(hybrid_layers) - 1, 0)
+from vitlab.models.counts import hybrid_stride  # noqa: F401  (one rule, in the torch-free module `vitlab models` reads)
 
 
 def lecun_normal_(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,21 +1,23 @@
 """Checkpoints that survive being killed at any moment.
 
 A checkpoint is a pair in ``RUN/checkpoints/``: ``last.safetensors`` (the model weights, written by
-:func:`vitlab.save_model`, so it loads anywhere) and ``last.state.pt`` (everything else the exact resume needs:
-optimiser, EMA, loss scaler, RNG states of every rank, data position, step, best score). The state records the
-SHA-256 of its weights file, so a pair that does not belong together, or a weights file that is truncated or
-garbled, is recognised.
+:func:`vitlab.save_model`, so it loads anywhere) and ``last.state.safetensors`` (everything else the exact resume
+needs: optimiser, EMA, loss scaler, RNG states of every rank, data position, step, best score; tensors plus a JSON
+skeleton, see :mod:`vitlab.train.statefile`, so reading a checkpoint from someone else never runs code). The state
+records the SHA-256 of its weights file, so a pair that does not belong together, or a weights file that is
+truncated or garbled, is recognised.
 
 Writing never destroys the only good copy::
 
-    1. write last.safetensors.new and last.state.pt.new completely (each temp file + fsync + rename)
+    1. write last.new.safetensors and last.new.state.safetensors completely (each temp file + fsync + rename)
     2. last.*      -> prev.*      (the previous checkpoint is kept until the new one is in place)
     3. last.*.new  -> last.*
 
 A SIGKILL between any two of these leaves at least one complete pair among ``last``, ``prev`` and ``.new``.
 :meth:`CheckpointDir.load_latest` takes the newest pair whose state and weights both read and match; it logs
 every candidate it had to skip (corrupt, partial, mismatched), so a fallback to the previous checkpoint is
-reported, never silent.
+reported, never silent. Temp files that a kill during step 1 left behind (``.last.new.safetensors.*.tmp``)
+are removed by the next save.
 """
 from __future__ import annotations
 
@@ -31,11 +33,13 @@ from torch import nn
 
 from vitlab.errors import CheckpointError
 from vitlab.models.weights import atomic_write, read_safetensors, save_model
+from vitlab.train.statefile import load_state, save_state
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: a pickled last.state.pt (no longer read: unpickling runs code)
 SLOTS = ("last", "prev")
+LEGACY_STATE = "{slot}.state.pt"
 
 
 @dataclass
@@ -66,23 +70,26 @@ class CheckpointDir:
         return self.root / f"{slot}.safetensors"
 
     def state(self, slot: str = "last") -> Path:
-        return self.root / f"{slot}.state.pt"
+        return self.root / f"{slot}.state.safetensors"
 
     @property
     def best(self) -> Path:
         return self.root / "best.safetensors"
 
     def exists(self) -> bool:
-        return any(self.state(slot).exists() for slot in SLOTS) or self.state("last.new").exists()
+        slots = (*SLOTS, "last.new")
+        return any(self.state(slot).exists() or (self.root / LEGACY_STATE.format(slot=slot)).exists()
+                   for slot in slots)
 
     # ---- writing ------------------------------------------------------------------------------------------
     def save(self, model: nn.Module, state: dict[str, Any]) -> Path:
         """Write a new ``last`` pair, keeping the old one as ``prev`` until the new one is complete."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self.remove_stale_temp_files()
         new_weights, new_state = self.weights("last.new"), self.state("last.new")
         save_model(model, new_weights)
         state = dict(state, version=STATE_VERSION, weights_sha256=sha256_file(new_weights))
-        atomic_write(new_state, lambda tmp: torch.save(state, tmp))
+        atomic_write(new_state, lambda tmp: save_state(state, tmp))
         if self.state("last").exists() and self.weights("last").exists():
             os.replace(self.state("last"), self.state("prev"))
             os.replace(self.weights("last"), self.weights("prev"))
@@ -90,6 +97,18 @@ class CheckpointDir:
         os.replace(new_state, self.state("last"))
         _fsync_dir(self.root)
         return self.weights("last")
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete the temp files of writes a kill interrupted (only rank 0 writes here, one save at a time)."""
+        stale = [path for path in self.root.glob(".*.tmp") if path.is_file()]
+        for path in stale:
+            try:
+                path.unlink()
+            except OSError as error:
+                log.warning("could not remove the stale temp file %s (%s)", path, error.strerror)
+        if stale:
+            log.info("removed %d temp file(s) an interrupted checkpoint write left in %s", len(stale), self.root)
+        return stale
 
     def save_best(self, model: nn.Module) -> Path:
         save_model(model, self.best)
@@ -105,10 +124,10 @@ class CheckpointDir:
             if not path.exists():
                 continue
             try:
-                state = torch.load(path, map_location="cpu", weights_only=False)
+                state = load_state(path)
                 if not isinstance(state, dict) or "step" not in state or "weights_sha256" not in state:
                     raise ValueError("not a vitlab training state")
-            except Exception as error:  # torch raises many types for truncated / garbled pickles
+            except Exception as error:  # safetensors raises several types for truncated / garbled files
                 skipped.append(f"{path}: unreadable ({type(error).__name__}: {error})")
                 continue
             states.append((int(state["step"]), path, state))
@@ -137,6 +156,12 @@ class CheckpointDir:
             return Loaded(match, weights, state, skipped)
         for reason in skipped:
             log.warning("checkpoint skipped: %s", reason)
+        legacy = [self.root / LEGACY_STATE.format(slot=slot) for slot in SLOTS]
+        if not states and any(path.exists() for path in legacy):
+            raise CheckpointError(
+                f"{self.root}: holds a pickled training state (*.state.pt) of an older vitlab, which is not loaded "
+                "because unpickling can run code; start the run again in a new --out"
+            )
         if skipped:
             raise CheckpointError(
                 f"{self.root}: no usable checkpoint to resume from ({len(skipped)} candidate(s) corrupt or partial)"

@@ -9,9 +9,9 @@ strategy on either side.
 Layout, under ``RUN/checkpoints/sharded/``::
 
     step-00000010/   __0_0.distcp, __1_0.distcp, .metadata   (DCP: model + optimiser)
-                     state.pt                                (rank 0: step, RNG states, data position, ...)
+                     state.safetensors                       (rank 0: step, RNG states, data position, ...)
 
-``state.pt`` is written last (atomically), so a step directory without it is an interrupted save and is
+``state.safetensors`` is written last (atomically), so a step directory without it is an interrupted save and is
 skipped (with a warning); the two newest complete steps are kept. Bit-identity: the tensors read back are exactly
 those saved, on any number of ranks (tested); the steps after a resume on another world size differ from the
 uninterrupted run only by float summation order (another gradient all-reduce, another AdamW kernel: FSDP takes
@@ -35,10 +35,11 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from vitlab.errors import CheckpointError
 from vitlab.models.weights import atomic_write
 from vitlab.train.distributed import DistEnv, barrier
+from vitlab.train.statefile import load_state, save_state
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
+STATE_FILE = "state.safetensors"
 KEEP = 2  # newest complete steps kept on disk
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -101,7 +102,7 @@ class ShardedCheckpoints:
             except FileNotFoundError:
                 skipped.append(f"{path}: incomplete (no {STATE_FILE}: the save was interrupted)")
                 continue
-            except Exception as error:  # torch raises many types for truncated / garbled files
+            except Exception as error:  # safetensors raises several types for truncated / garbled files
                 skipped.append(f"{path}: unreadable ({type(error).__name__}: {error})")
                 continue
             for reason in skipped:
@@ -123,13 +124,13 @@ class ShardedCheckpoints:
 
 
 
-# The small state is stored as train/checkpoint.py stores its own (one place to change when that format changes).
+# The small state is stored as train/checkpoint.py stores its own: tensors plus a JSON skeleton, no pickle.
 def _write_state(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: save_state(state, tmp))
 
 
 def _read_state(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_state(path)
 
 
 @contextlib.contextmanager

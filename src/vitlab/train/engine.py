@@ -43,12 +43,13 @@ from vitlab.train.checkpoint_dist import ShardedCheckpoints
 from vitlab.train.evaluation import accuracy, autocast, objective_accuracy
 from vitlab.train.hooks import Every, Reading, StepMeter, StopHook
 from vitlab.train.model_init import build_model, default_img_size, init_in_chans
-from vitlab.train.objectives import Objective, build_objective
+from vitlab.train.objectives import Objective, build_objective, metric_name, named_metrics
 from vitlab.train.optim import EMA, Schedule, build_optimizer, set_lr
 from vitlab.train.precision import Precision, ProbeInput, resolve_precision
 from vitlab.train.resume import RunCheckpoints, check_run_dir
 from vitlab.train.rundir import RunDir
 from vitlab.train.state import StopRequest, TrainState, rng_state, seed_everything, set_rng_state
+from vitlab.train.threads import pick_threads
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,7 @@ class Trainer:
         threads, rngs = torch.get_num_threads(), rng_state(env.device)
         deterministic = torch.are_deterministic_algorithms_enabled()
         try:
-            if cfg.train.num_threads:
-                torch.set_num_threads(cfg.train.num_threads)
+            torch.set_num_threads(pick_threads(cfg.train.num_threads))
             return self._run()
         finally:
             torch.set_num_threads(threads)
@@ -275,7 +275,7 @@ class Trainer:
         step, batch = p.state.step, self.cfg.train.batch_size
         self.last_loss = reading.loss
         self.last_speed = round(reading.steps * batch / max(reading.seconds, 1e-9))
-        self.run_dir.log_metrics({
+        self.run_dir.log_metrics(named_metrics(self.cfg.train.objective, {
             "step": step,
             "loss": reading.loss,
             "train_accuracy": reading.train_accuracy,
@@ -284,7 +284,7 @@ class Trainer:
             "images_per_second": reading.steps * batch / max(reading.seconds, 1e-9),
             "epoch": step * batch / p.plan.train_size,
             "wall_seconds": p.state.wall_seconds,
-        })
+        }))
 
     def _check_finite(self, p: Parts) -> None:
         """Nothing is evaluated or saved after a non-finite step (one host read, at those moments only)."""
@@ -331,8 +331,9 @@ class Trainer:
             return
         target = self._eval_target(p)
         result = self._evaluate(target, stream)
-        self.run_dir.log_metrics(_eval_row(p.state.step, split, result))
-        p.progress.message(f"step {p.state.step}: {split} accuracy {result['accuracy']:.4f}")
+        self.run_dir.log_metrics(named_metrics(self.cfg.train.objective, _eval_row(p.state.step, split, result)))
+        name = metric_name(self.cfg.train.objective, f"{split}_accuracy").replace("_", " ")
+        p.progress.message(f"step {p.state.step}: {name} {result['accuracy']:.4f}")
         if split == "dev":
             self._maybe_best(p, target, result["accuracy"])
 
@@ -349,7 +350,7 @@ class Trainer:
         if p.plan.dev_stream is not None:
             dev = self._evaluate(target, p.plan.dev_stream)
             metrics.update(_eval_metrics("dev", dev))
-            self.run_dir.log_metrics(_eval_row(state.step, "dev", dev))
+            self.run_dir.log_metrics(named_metrics(cfg.train.objective, _eval_row(state.step, "dev", dev)))
             self._maybe_best(p, target, dev["accuracy"])
         else:
             state.best = {"step": state.step, "dev_accuracy": None}
@@ -357,13 +358,15 @@ class Trainer:
         if p.plan.test_stream is not None:
             test = self._evaluate(target, p.plan.test_stream)
             metrics.update(_eval_metrics("test", test))
-            self.run_dir.log_metrics(_eval_row(state.step, "test", test))
+            self.run_dir.log_metrics(named_metrics(cfg.train.objective, _eval_row(state.step, "test", test)))
         bad_files = list(getattr(p.plan.train_stream, "bad_files", None) or p.plan.bad_files)
         self.run_dir.write_bad_files(bad_files)  # file sources may find broken images only while training
         state.wall_seconds = self._wall()
         spec = spec_of_model(p.model)
+        metrics = named_metrics(cfg.train.objective, metrics)
         summary = {
             "task": cfg.task,
+            "objective": cfg.train.objective,
             "model": run_label(cfg.model.name, spec, cfg.model.init_from),
             "model_spec": spec.model_dump(mode="json"),  # the network that ran: family and every field
             "dataset": cfg.data.dataset,
@@ -380,6 +383,7 @@ class Trainer:
             "world_size": env.world_size,
             "precision": self.precision.name,
             "device": str(env.device),
+            "num_threads": torch.get_num_threads(),  # what the thread rule chose (vitlab.train.threads)
             "train_images": p.plan.train_size,
             "best": state.best,
             "weights": "checkpoints/best.safetensors",

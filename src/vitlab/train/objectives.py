@@ -7,6 +7,7 @@ that corrupts patches inside and returns its own loss.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,6 +72,28 @@ class Supervised:
         with torch.no_grad():
             correct = (logits.argmax(-1) == hard_targets(targets).to(logits.device)).sum()
         return loss, {"correct": correct, "count": torch.tensor(images.shape[0], device=logits.device)}
+
+
+_SPLIT_METRIC = re.compile(r"^(train|dev|test)_(accuracy|loss)$")
+
+
+def metric_name(objective: str, key: str) -> str:
+    """The name a metric is logged and reported under, saying what it measures.
+
+    Classification keeps ``test_accuracy`` (top-1 over classes). Masked patch prediction scores the colour class
+    of corrupted patches, not the image class, so its metrics read ``mpp_test_patch_accuracy`` and
+    ``mpp_test_loss``: a patch score must never pass for a classification score in a table or a plot.
+    """
+    match = _SPLIT_METRIC.match(key)
+    if objective != "mpp" or match is None:
+        return key
+    split, quantity = match.groups()
+    return f"mpp_{split}_patch_accuracy" if quantity == "accuracy" else f"mpp_{split}_loss"
+
+
+def named_metrics(objective: str, record: dict) -> dict:
+    """``record`` with every key renamed by :func:`metric_name`."""
+    return {metric_name(objective, key): value for key, value in record.items()}
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:

@@ -15,7 +15,7 @@ from torch import nn
 
 from vitlab.config import RunConfig, load_config
 from vitlab.data.stream import Stream
-from vitlab.errors import CheckpointError, ConfigError
+from vitlab.errors import CheckpointError, ConfigError, ResumeMismatchError
 from vitlab.train import distributed as dist_utils
 from vitlab.train.checkpoint import CheckpointDir, Loaded
 from vitlab.train.checkpoint_dist import ShardedCheckpoints
@@ -44,9 +44,10 @@ def check_run_dir(run_dir: RunDir, checkpoints: "RunCheckpoints", cfg: RunConfig
         saved = load_config(run_dir.config)
         blocking = [key for key in differences(saved.to_dict(), cfg.to_dict()) if key not in RESUMABLE_CHANGES]
         if blocking:
-            raise ConfigError(
+            raise ResumeMismatchError(
                 f"--resume: the config differs from {run_dir.config} in {', '.join(blocking)}; "
-                "resume with the same config (or omit --config to reuse the saved one)"
+                "resume with the same config (or omit --config to reuse the saved one)",
+                config_path=str(run_dir.config), keys=tuple(blocking),
             )
 
 

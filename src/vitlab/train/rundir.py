@@ -4,7 +4,7 @@
 
     RUN/config.yaml          the resolved config (load_config(RUN/config.yaml) rebuilds it exactly)
     RUN/metrics.jsonl        one JSON object per log step / evaluation: {"step": ..., "loss": ..., ...}
-    RUN/checkpoints/         last.safetensors + last.state.pt (resume), best.safetensors (evaluation weights)
+    RUN/checkpoints/         last.safetensors + last.state.safetensors (resume), best.safetensors (evaluation weights)
     RUN/summary.json         task, model, dataset, steps, wall_seconds, images_per_second, metrics{test_accuracy}
     RUN/bad_files.txt        images the source skipped, one "path<TAB>reason" a line (only when there are any)
     RUN/tensorboard/         TensorBoard event files (when tensorboard is installed)
@@ -85,12 +85,15 @@ class RunDir:
     def open_tensorboard(self, purge_step: int | None) -> None:
         if not self.writer:
             return
+        events = self.root / "tensorboard"
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional
-            log.debug("tensorboard is not installed; no event files")
+        except ImportError:  # tensorboard is optional; say so without -v, with the fix
+            log.info("no TensorBoard logs: tensorboard is not installed (pip install 'vitlab[tensorboard]'); "
+                     "the metrics are in %s", self.metrics)
             return
-        self._tb = SummaryWriter(str(self.root / "tensorboard"), purge_step=purge_step)
+        self._tb = SummaryWriter(str(events), purge_step=purge_step)
+        log.info("TensorBoard logs: %s (view with: tensorboard --logdir %s)", events, events)
 
     def write_bad_files(self, bad_files: Iterable[tuple[str, str]]) -> None:
         rows = [f"{path}\t{reason}" for path, reason in bad_files]

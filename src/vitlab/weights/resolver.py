@@ -264,10 +264,13 @@ def _safetensors_ref(path: Path, ref: str, kind: str) -> WeightsRef:
 
 
 def _npz_ref(path: Path, ref: str, model_name: str | None, kind: str) -> WeightsRef:
+    official.require_npz_archive(path, ref)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            family, config = official.config_from_npz(_UnprefixedArrays(archive))
+            family, config = official.config_from_npz(_UnprefixedArrays(archive), str(ref))
     except CheckpointError as error:
+        if str(error).startswith(str(ref)):
+            raise
         raise CheckpointError(f"{ref}: {error}") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{ref}: not a readable .npz checkpoint ({error})") from None

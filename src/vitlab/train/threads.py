@@ -1,0 +1,71 @@
+"""How many torch threads a training process uses: never more than the cores that are free.
+
+torch starts one thread per core it sees. On a machine whose cores other jobs already keep busy, those threads
+fight over the same cores and spin at every synchronisation; on a shared 2-core machine, 2 threads made training
+4-5x slower than 1 (docs/performance.md). The rule:
+
+* ``train.num_threads`` (or ``OMP_NUM_THREADS``) given: used as is, with a warning when it exceeds the cores left.
+* otherwise: the cores this process may run on (``os.sched_getaffinity``), shared among the processes of this
+  machine (torchrun's ``LOCAL_WORLD_SIZE``), minus the cores the 1-minute load average says are busy, at least 1.
+
+When the rule takes fewer threads than there are cores, it says so in one line (and how to override it).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    threads: int
+    warning: Optional[str]  # one line for the user when the choice is not "all my cores"
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def choose_threads(requested: Optional[int], *, cores: int, load: float, processes: int = 1) -> ThreadChoice:
+    """The rule of the module docstring, with the machine's numbers passed in (so a test can inject them)."""
+    share = max(1, cores // max(processes, 1))  # this process's share of the cores
+    busy = min(cores, max(0.0, load))
+    free = max(1, math.floor((cores - busy) / max(processes, 1) + 0.5))
+    if requested:
+        if requested > free:
+            return ThreadChoice(requested, (
+                f"train.num_threads={requested} but only {free} of {cores} cores are free (1-min load average "
+                f"{load:.1f}): expect a slow run; train.num_threads={free} avoids oversubscribing"))
+        return ThreadChoice(requested, None)
+    threads = min(share, free)
+    if threads < share:
+        return ThreadChoice(threads, (
+            f"{cores} cores, 1-min load average {load:.1f}: training with {threads} torch thread(s) instead of "
+            f"{share} so as not to oversubscribe a busy machine (set train.num_threads=N to choose)"))
+    return ThreadChoice(threads, None)
+
+
+def pick_threads(requested: Optional[int]) -> int:
+    """Apply :func:`choose_threads` to this machine; logs its warning, if any, once."""
+    if not requested and os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        requested = int(os.environ["OMP_NUM_THREADS"])  # the user's explicit choice for this shell
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    choice = choose_threads(requested, cores=usable_cores(), load=load_average(), processes=processes)
+    if choice.warning:
+        log.warning(choice.warning)
+    return choice.threads

@@ -1,0 +1,45 @@
+"""The thread rule: never more torch threads than free cores; one clear line when it takes fewer."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from vitlab.train import threads
+from vitlab.train.threads import choose_threads
+
+
+@pytest.mark.parametrize("cores,load,processes,expected", [
+    (2, 0.1, 1, 2),    # idle 2-core machine: both cores
+    (2, 1.0, 1, 1),    # one core busy with another job: 1 thread (2 were 4-5x slower there)
+    (2, 14.0, 1, 1),   # overloaded: still 1, never 0
+    (16, 0.0, 4, 4),   # torchrun with 4 processes on 16 idle cores: a quarter each
+    (16, 8.0, 4, 2),   # half the cores busy: 2 each
+    (8, 2.6, 1, 5),    # load rounds to the nearest core
+])
+def test_threads_follow_free_cores(cores, load, processes, expected) -> None:
+    choice = choose_threads(None, cores=cores, load=load, processes=processes)
+    assert choice.threads == expected
+    full_share = cores // processes
+    assert (choice.warning is not None) == (expected < full_share)
+    if choice.warning:
+        assert "\n" not in choice.warning and "train.num_threads" in choice.warning
+
+
+def test_an_explicit_count_is_kept_with_a_warning_when_it_oversubscribes() -> None:
+    assert choose_threads(2, cores=2, load=0.0).warning is None
+    busy = choose_threads(2, cores=2, load=1.5)
+    assert busy.threads == 2 and "train.num_threads=1" in busy.warning
+
+
+def test_pick_threads_reads_the_machine_and_logs_one_line(monkeypatch, caplog) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "load_average", lambda: 1.2)
+    with caplog.at_level(logging.WARNING):
+        assert threads.pick_threads(None) == 1
+    assert len(caplog.records) == 1 and "load average 1.2" in caplog.text
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setattr(threads, "load_average", lambda: 0.0)
+    assert threads.pick_threads(None) == 2
