@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 from report_helpers import require_browser
+from test_studies import tiny as tiny_study
 from train_helpers import tiny_tree, write_config
 
 from vitlab import demo
 from vitlab.cli import main
 from vitlab.report.html import flatten
+from vitlab.studies.runner import run_study
+from vitlab.studies.study import study_from_dict
 
 TINY_ARCH = ("model.depth=1", "model.width=32", "model.mlp_dim=64", "model.num_heads=2")
 TINY_DEMO = demo.DemoSize(
@@ -36,7 +39,6 @@ TINY_DEMO = demo.DemoSize(
 def outputs(tmp_path_factory) -> dict[str, Path]:
     """One small directory of each kind, made by the commands that make them."""
     require_browser()
-    from vitlab.studies.study import run_study, study_from_dict
 
     root = tmp_path_factory.mktemp("reports")
     tree = tiny_tree()
@@ -44,11 +46,8 @@ def outputs(tmp_path_factory) -> dict[str, Path]:
     assert main(["pretrain", "--config", str(write_config(root / "run.yaml", tree)), "--out", str(root / "run")]) == 0
     assert main(["inspect", "--checkpoint", str(root / "run"), "--distance-images", "8", "--num-images", "2",
                  "--out", str(root / "inspect")]) == 0
-    study = {"kind": "data_size", "base": "fmnist-vit-tiny",
-             "overrides": ["train.steps=2", "optim.warmup_steps=1", "train.batch_size=16", "train.checkpoint_every=0",
-                           "train.log_every=1", "data.eval_batch_size=512"],
-             "models": {"ViT-small": list(TINY_ARCH)}, "sizes": [100, 300],
-             "evaluation": {"dataset": "digits", "shots": [1], "seeds": [0], "test_limit": 100}}
+    study = tiny_study("data-size-fmnist")  # the preset at a size that runs in seconds, one seed here
+    study["seeds"] = [0]
     run_study(study_from_dict(study), root / "study")
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(demo.SIZES, "tiny", TINY_DEMO)
@@ -84,11 +83,11 @@ def test_run_and_inspection_reports_show_summary_numbers(outputs, kind, tmp_path
 
 def test_study_report_shows_every_point(outputs, tmp_path) -> None:
     check = open_report(outputs["study"], tmp_path)
-    points = json.loads((outputs["study"] / "study.json").read_text())
+    points = json.loads((outputs["study"] / "study.json").read_text())["points"]
     for index, point in enumerate(points):
         assert check.headline[f"points.{index}.size"] == point["size"]
         assert check.headline[f"points.{index}.fewshot.1-shot"] == point["fewshot"]["1-shot"]
-    assert any(link.endswith("runs/vit-small-n100/pretrain/report.html") for link in check.links)  # points link their runs
+    assert any(link.endswith("runs/vit-ti-4-n40-s0/pretrain/report.html") for link in check.links)  # points link their runs
 
 
 def test_demo_report_has_the_table2_table_and_links_every_stage(outputs, tmp_path) -> None:
