@@ -16,19 +16,22 @@ from vitlab.errors import ConfigError
 TINY_ARCH = ("model.depth=1", "model.width=32", "model.mlp_dim=64", "model.num_heads=2")
 
 
+TINY_DEMO = demo.DemoSize(  # a demo that runs in seconds: 1-block models, a few steps
+    pretrain="demo-cpu",
+    pretrain_overrides=TINY_ARCH + ("train.steps=4", "train.batch_size=16", "optim.warmup_steps=1",
+                                    "train.log_every=2", "data.eval_batch_size=500"),
+    finetune="demo-cpu-transfer",
+    finetune_overrides=("train.steps=3", "train.batch_size=16", "optim.warmup_steps=1", "train.log_every=1"),
+    finetune_grid={"optim.lr": [0.01]},
+    scratch_overrides=("optim.name=adam", "optim.weight_decay=0.05", "sweep.refit=false"),
+    scratch_grid={"optim.lr": [0.001, 0.003]},
+    note="test",
+)
+
+
 @pytest.fixture
 def tiny_size(monkeypatch):
-    size = demo.DemoSize(
-        pretrain="demo-cpu",
-        pretrain_overrides=TINY_ARCH + ("train.steps=4", "train.batch_size=16", "optim.warmup_steps=1",
-                                        "train.log_every=2", "data.eval_batch_size=500"),
-        finetune="demo-cpu-transfer",
-        finetune_overrides=("train.steps=3", "train.batch_size=16", "optim.warmup_steps=1", "train.log_every=1"),
-        finetune_grid={"optim.lr": [0.01]},
-        scratch_overrides=("optim.name=adam", "optim.weight_decay=0.05", "sweep.refit=false"),
-        scratch_grid={"optim.lr": [0.001, 0.003]},
-        note="test",
-    )
+    size = TINY_DEMO
     monkeypatch.setitem(demo.SIZES, "tiny", size)
     return size
 

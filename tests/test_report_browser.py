@@ -7,11 +7,13 @@ sets VITLAB_REQUIRE_BROWSER=1, which turns the skip into a failure.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 from report_helpers import require_browser
+from test_demo import TINY_DEMO as TEST_DEMO
 from test_studies import tiny as tiny_study
 from train_helpers import tiny_tree, write_config
 
@@ -21,18 +23,7 @@ from vitlab.report.html import flatten
 from vitlab.studies.runner import run_study
 from vitlab.studies.study import study_from_dict
 
-TINY_ARCH = ("model.depth=1", "model.width=32", "model.mlp_dim=64", "model.num_heads=2")
-TINY_DEMO = demo.DemoSize(
-    pretrain="demo-cpu",
-    pretrain_overrides=TINY_ARCH + ("train.steps=4", "train.batch_size=16", "optim.warmup_steps=1",
-                                    "train.log_every=2", "data.eval_batch_size=500"),
-    finetune="demo-cpu-transfer",
-    finetune_overrides=("train.steps=3", "train.batch_size=16", "optim.warmup_steps=1", "train.log_every=1"),
-    finetune_grid={"optim.lr": [0.01]},
-    scratch_overrides=("optim.name=adam", "optim.weight_decay=0.05", "sweep.refit=false"),
-    scratch_grid={"optim.lr": [0.003]},
-    note="browser test",
-)
+TINY_DEMO = dataclasses.replace(TEST_DEMO, scratch_grid={"optim.lr": [0.003]}, note="browser test")
 
 
 @pytest.fixture(scope="module")
