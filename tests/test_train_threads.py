@@ -43,3 +43,16 @@ def test_pick_threads_reads_the_machine_and_logs_one_line(monkeypatch, caplog) -
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     monkeypatch.setattr(threads, "load_average", lambda: 0.0)
     assert threads.pick_threads(None) == 2
+
+
+def test_the_load_of_this_process_s_previous_phase_does_not_count(tmp_path, monkeypatch) -> None:
+    """A lagging 1-min load of 1.9 from our own finished pre-training, and only this thread runnable now: 0 busy."""
+    proc = tmp_path / "loadavg"
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.9, 1.0, 0.5))
+    monkeypatch.setattr(threads, "PROC_LOADAVG", str(proc))
+    proc.write_text("1.90 1.00 0.50 1/120 4242\n")
+    assert threads.load_average() == 0
+    proc.write_text("1.90 1.00 0.50 3/120 4242\n")  # two other threads running: the lagging 1.9 stands
+    assert threads.load_average() == 1.9
+    proc.write_text("garbled\n")
+    assert threads.load_average() == 1.9

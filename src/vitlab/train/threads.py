@@ -6,7 +6,7 @@ fight over the same cores and spin at every synchronisation; on a shared 2-core 
 
 * ``train.num_threads`` (or ``OMP_NUM_THREADS``) given: used as is, with a warning when it exceeds the cores left.
 * otherwise: the cores this process may run on (``os.sched_getaffinity``), shared among the processes of this
-  machine (torchrun's ``LOCAL_WORLD_SIZE``), minus the cores the 1-minute load average says are busy, at least 1.
+  machine (torchrun's ``LOCAL_WORLD_SIZE``), minus the cores other work keeps busy (:func:`load_average`), at least 1.
 
 When the rule takes fewer threads than there are cores, it says so in one line (and how to override it).
 """
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 log = logging.getLogger(__name__)
+PROC_LOADAVG = "/proc/loadavg"  # Linux: "1min 5min 15min runnable/total lastpid"
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,22 @@ def usable_cores() -> int:
 
 
 def load_average() -> float:
+    """Cores other work keeps busy: the 1-minute load average, capped by the threads runnable right now.
+
+    The load average lags by about a minute, so on its own it would count this process's own previous phase
+    (the demo's pre-training before its fine-tuning, a study's previous point) as another job; the kernel's count
+    of runnable threads at this instant (``/proc/loadavg``, less this thread) does not.
+    """
     try:
-        return os.getloadavg()[0]
+        lagging = os.getloadavg()[0]
     except (AttributeError, OSError):
         return 0.0
+    try:
+        with open(PROC_LOADAVG) as file:
+            running = int(file.read().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):  # not Linux: the load average alone
+        return lagging
+    return min(lagging, max(0, running - 1))
 
 
 def choose_threads(requested: Optional[int], *, cores: int, load: float, processes: int = 1) -> ThreadChoice:
