@@ -101,6 +101,13 @@ class Table:
     def per_seed(self, keys: Sequence[tuple[str, Any]], statistic: Callable[..., float]) -> list[float]:
         return [statistic(*(self.values[k][s] for k in keys)) for s in self.seeds(keys)]
 
+    def versus(self, key: str, text: str, paper: str, winner: tuple[str, Any], loser: tuple[str, Any],
+               metric: str) -> "Claim":
+        """The claim that ``winner`` scores above ``loser``: their difference per seed, both scores shown."""
+        return Claim(key, text, paper, f"{winner[0]} - {loser[0]} {metric} at n={winner[1]}",
+                     self.per_seed([winner, loser], lambda w, l: w - l),
+                     f"{winner[0]} {self.summary(winner)} vs {loser[0]} {self.summary(loser)} %")
+
     def summary(self, key: tuple[str, Any]) -> str:
         values = list(self.values.get(key, {}).values())
         if not values:
@@ -121,24 +128,17 @@ def data_size_claims(study, points) -> list[Claim]:
     vit, resnet = _family_label(study, "vit"), _family_label(study, "bit")
     small, large = min(study.sizes), max(study.sizes)
     claims = []
-    keys = [(resnet, small), (vit, small)]
-    claims.append(Claim(
-        "data-size-small", "ResNet (BiT) beats ViT on the smallest pre-training set",
-        "Fig. 3-4: BiT above ViT-B at 9M JFT / ImageNet", f"{resnet} - {vit} {study.metric} at n={small}",
-        table.per_seed(keys, lambda r, v: r - v),
-        f"{resnet} {table.summary(keys[0])} vs {vit} {table.summary(keys[1])} %"))
+    claims.append(table.versus("data-size-small", "ResNet (BiT) beats ViT on the smallest pre-training set",
+                               "Fig. 3-4: BiT above ViT-B at 9M JFT / ImageNet", (resnet, small), (vit, small),
+                               study.metric))
     keys = [(vit, large), (resnet, large), (vit, small), (resnet, small)]
     trend = table.per_seed(keys, lambda vl, rl, vs, rs: (vl - rl) - (vs - rs))
     claims.append(Claim(
         "data-size-trend", "ViT gains on ResNet as the pre-training set grows",
         "Fig. 4: ViT-B/32 below R50 at 9M, above from 90M", f"(ViT - ResNet) at n={large} minus at n={small}",
         trend, pct(trend)))
-    keys = [(vit, large), (resnet, large)]
-    claims.append(Claim(
-        "data-size-large", "ViT beats ResNet on the largest pre-training set",
-        "Fig. 3: ViT-L/16 above BiT on JFT-300M", f"{vit} - {resnet} {study.metric} at n={large}",
-        table.per_seed(keys, lambda v, r: v - r),
-        f"{vit} {table.summary(keys[0])} vs {resnet} {table.summary(keys[1])} %"))
+    claims.append(table.versus("data-size-large", "ViT beats ResNet on the largest pre-training set",
+                               "Fig. 3: ViT-L/16 above BiT on JFT-300M", (vit, large), (resnet, large), study.metric))
     return claims
 
 
