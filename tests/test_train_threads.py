@@ -50,9 +50,40 @@ def test_the_load_of_this_process_s_previous_phase_does_not_count(tmp_path, monk
     proc = tmp_path / "loadavg"
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.9, 1.0, 0.5))
     monkeypatch.setattr(threads, "PROC_LOADAVG", str(proc))
+    monkeypatch.setattr(threads, "PROC_SELF_TASKS", _tasks(tmp_path / "task", "RS"))  # this thread alone
     proc.write_text("1.90 1.00 0.50 1/120 4242\n")
     assert threads.load_average() == 0
     proc.write_text("1.90 1.00 0.50 3/120 4242\n")  # two other threads running: the lagging 1.9 stands
     assert threads.load_average() == 1.9
     proc.write_text("garbled\n")
     assert threads.load_average() == 1.9
+
+
+def _tasks(root, states: str) -> str:
+    """A fake ``/proc/self/task`` with one thread per letter of ``states`` (R runnable, S sleeping)."""
+    for tid, state in enumerate(states, start=100):
+        (root / str(tid)).mkdir(parents=True)
+        (root / str(tid) / "stat").write_text(f"{tid} (pt_main (thread)) {state} 1 2 3\n")
+    return str(root)
+
+
+def test_this_process_s_spinning_threads_are_not_another_job(tmp_path, monkeypatch) -> None:
+    """Just after another job ended (lagging load 0.8), with three of our own threads runnable (the caller and two
+    OpenMP workers still spinning): nothing else is busy, so both cores are free. One more runnable thread than
+    ours is another job's, and counts."""
+    proc = tmp_path / "loadavg"
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.8, 1.0, 1.0))
+    monkeypatch.setattr(threads, "PROC_LOADAVG", str(proc))
+    monkeypatch.setattr(threads, "PROC_SELF_TASKS", _tasks(tmp_path / "task", "RRSRS"))
+    assert threads.own_runnable_threads() == 3
+    proc.write_text("0.80 1.00 1.00 3/120 4242\n")
+    assert threads.load_average() == 0
+    assert choose_threads(None, cores=2, load=threads.load_average()).threads == 2
+    proc.write_text("0.80 1.00 1.00 4/120 4242\n")
+    assert threads.load_average() == 0.8
+    assert choose_threads(None, cores=2, load=threads.load_average()).threads == 1
+
+
+def test_own_runnable_threads_reads_this_process() -> None:
+    """On Linux the calling thread is runnable while it reads, so at least 1; elsewhere the fallback 1."""
+    assert threads.own_runnable_threads() >= 1

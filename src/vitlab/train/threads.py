@@ -20,6 +20,7 @@ from typing import Optional
 
 log = logging.getLogger(__name__)
 PROC_LOADAVG = "/proc/loadavg"  # Linux: "1min 5min 15min runnable/total lastpid"
+PROC_SELF_TASKS = "/proc/self/task"  # Linux: one directory per thread of this process, each with its "stat"
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,34 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def own_runnable_threads() -> int:
+    """Threads of this process in state R (running or runnable) now, this one included; 1 where unreadable.
+
+    Besides the calling thread, an OpenMP pool that has just finished a parallel region spins for a while and
+    shows as runnable: its threads are this process's, not another job's."""
+    task_dir = PROC_SELF_TASKS
+    try:
+        names = os.listdir(task_dir)
+    except OSError:
+        return 1
+    running = 0
+    for name in names:
+        try:
+            with open(os.path.join(task_dir, name, "stat")) as file:
+                state = file.read().rsplit(")", 1)[1].split()[0]  # after "pid (comm)": the state letter
+        except (OSError, IndexError):
+            continue  # the thread ended while we looked
+        running += state == "R"
+    return max(1, running)
+
+
 def load_average() -> float:
-    """Cores other work keeps busy: the 1-minute load average, capped by the threads runnable right now.
+    """Cores other work keeps busy: the 1-minute load average, capped by other processes' threads runnable now.
 
     The load average lags by about a minute, so on its own it would count this process's own previous phase
-    (the demo's pre-training before its fine-tuning, a study's previous point) as another job; the kernel's count
-    of runnable threads at this instant (``/proc/loadavg``, less this thread) does not.
+    (the demo's pre-training before its fine-tuning, a study's previous point) or a job that has just ended as
+    another job; the kernel's count of runnable threads at this instant (``/proc/loadavg``), less this process's
+    own (:func:`own_runnable_threads`), does not.
     """
     try:
         lagging = os.getloadavg()[0]
@@ -51,7 +74,7 @@ def load_average() -> float:
             running = int(file.read().split()[3].split("/")[0])
     except (OSError, IndexError, ValueError):  # not Linux: the load average alone
         return lagging
-    return min(lagging, max(0, running - 1))
+    return min(lagging, max(0, running - own_runnable_threads()))
 
 
 def choose_threads(requested: Optional[int], *, cores: int, load: float, processes: int = 1) -> ThreadChoice:
