@@ -1,6 +1,7 @@
 """The thread rule: never more torch threads than free cores; one clear line when it takes fewer."""
 from __future__ import annotations
 
+import io
 import logging
 
 import pytest
@@ -87,3 +88,21 @@ def test_this_process_s_spinning_threads_are_not_another_job(tmp_path, monkeypat
 def test_own_runnable_threads_reads_this_process() -> None:
     """On Linux the calling thread is runnable while it reads, so at least 1; elsewhere the fallback 1."""
     assert threads.own_runnable_threads() >= 1
+
+
+def test_a_passer_by_in_one_reading_is_not_a_busy_core(monkeypatch) -> None:
+    """Another thread runnable in one reading of ten (a process exiting, a kernel worker) is not a job; one
+    runnable in all ten is."""
+    readings: list[str] = []
+
+    def fake_open(path, *args, **kwargs):
+        return io.StringIO(readings.pop(0))
+
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.0, 1.5, 1.0))
+    monkeypatch.setattr(threads, "own_runnable_threads", lambda: 1)
+    monkeypatch.setattr(threads, "LOAD_SAMPLE_GAP_S", 0.0)
+    monkeypatch.setattr(threads, "open", fake_open, raising=False)
+    readings[:] = ["2.00 1.50 1.00 2/90 1\n"] + ["2.00 1.50 1.00 1/90 1\n"] * 9
+    assert threads.load_average() == 0
+    readings[:] = ["2.00 1.50 1.00 2/90 1\n"] * 10
+    assert threads.load_average() == 1

@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Optional
 
 log = logging.getLogger(__name__)
 PROC_LOADAVG = "/proc/loadavg"  # Linux: "1min 5min 15min runnable/total lastpid"
+LOAD_SAMPLES, LOAD_SAMPLE_GAP_S = 10, 0.01  # readings of the runnable count, and the pause between them
 PROC_SELF_TASKS = "/proc/self/task"  # Linux: one directory per thread of this process, each with its "stat"
 
 
@@ -63,18 +65,25 @@ def load_average() -> float:
     The load average lags by about a minute, so on its own it would count this process's own previous phase
     (the demo's pre-training before its fine-tuning, a study's previous point) or a job that has just ended as
     another job; the kernel's count of runnable threads at this instant (``/proc/loadavg``), less this process's
-    own (:func:`own_runnable_threads`), does not.
+    own (:func:`own_runnable_threads`), does not. One reading catches passers-by (a process exiting, a kernel
+    worker, the shell that started us), so the count is the least of ``LOAD_SAMPLES`` readings over a tenth of a
+    second: a job that keeps a core busy is runnable in every one of them.
     """
     try:
         lagging = os.getloadavg()[0]
     except (AttributeError, OSError):
         return 0.0
-    try:
-        with open(PROC_LOADAVG) as file:
-            running = int(file.read().split()[3].split("/")[0])
-    except (OSError, IndexError, ValueError):  # not Linux: the load average alone
-        return lagging
-    return min(lagging, max(0, running - own_runnable_threads()))
+    others = []
+    for sample in range(LOAD_SAMPLES):
+        if sample:
+            time.sleep(LOAD_SAMPLE_GAP_S)
+        try:
+            with open(PROC_LOADAVG) as file:
+                running = int(file.read().split()[3].split("/")[0])
+        except (OSError, IndexError, ValueError):  # not Linux: the load average alone
+            return lagging
+        others.append(max(0, running - own_runnable_threads()))
+    return min(lagging, min(others))
 
 
 def choose_threads(requested: Optional[int], *, cores: int, load: float, processes: int = 1) -> ThreadChoice:
