@@ -366,12 +366,14 @@ class VisionTransformer(nn.Module):
     def forward_mpp(self, images: torch.Tensor, corrupt: Callable) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked patch prediction (Section 4.6): ``corrupt(patch_tokens, mask_token)`` returns the corrupted
         tokens ``[B, N, D]`` and the corrupted positions ``[B, N]`` (bool); the result is the colour-class logits
-        of the corrupted positions ``[M, mpp_classes]`` and those positions."""
+        of every position ``[B, N, mpp_classes]`` and the corrupted map. Every position, not only the corrupted
+        ones: selecting them (``encoded[corrupted]``) has a data-dependent shape, which a GPU can only learn by
+        stopping its queue to read the count back; the objective weights the loss by the map instead."""
         if not self.config.mpp_classes:
             raise ConfigError("masked patch prediction needs a ViT built with mpp_classes > 0 (512 for RGB)")
         tokens, corrupted = corrupt(self.patch_embed(images), self.mask_token)
         encoded = self.encode_patch_embeddings(tokens)[:, self.num_prefix_tokens :]  # [B, N, D]
-        return self.mpp_head(encoded[corrupted]), corrupted
+        return self.mpp_head(encoded), corrupted
 
     def set_activation_checkpointing(self, every: bool | int) -> None:
         """Recompute the blocks' activations in the backward pass instead of keeping them (training only).

@@ -81,9 +81,13 @@ class MaskedPatchPrediction:
         labels = mean_colour_targets(images, base.config.patch_size, self.bits)  # [B, N]
         # Through the (possibly DDP / FSDP-wrapped) model's forward, so gradients are synchronised.
         logits, corrupted = model(images, corrupt=self.corrupt)
-        logits = logits.float()  # [M, classes], corrupted positions only
-        wanted = labels[corrupted]
-        loss = F.cross_entropy(logits, wanted) if wanted.numel() else logits.sum() * 0.0
+        logits = logits.float()  # [B, N, classes], every position
+        # The mean over corrupted positions as a weighted mean over all of them: the same number, with shapes
+        # that do not depend on the data (no host read on a GPU). No corrupted patch: loss 0, still differentiable.
+        weights = corrupted.to(logits.dtype)  # [B, N]
+        per_patch = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(weights)
+        count = weights.sum()
+        loss = (per_patch * weights).sum() / count.clamp(min=1.0)
         with torch.no_grad():
-            correct = (logits.argmax(-1) == wanted).sum()
-        return loss, {"correct": correct, "count": torch.tensor(wanted.numel(), device=images.device)}
+            correct = ((logits.argmax(-1) == labels) & corrupted).sum()
+        return loss, {"correct": correct, "count": corrupted.sum()}
