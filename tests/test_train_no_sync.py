@@ -55,7 +55,6 @@ def test_no_host_read_between_log_steps(tmp_path, monkeypatch, objective):
     assert any(r[1] == steps * accumulation for r in reads), "the log step reads the meter once"
 
 
-
 def _shape_depends_on_data(func, args) -> bool:
     """Ops a GPU can only run by reading a result back first: their output shape (or a Python value) comes from
     the data. Boolean-mask indexing (``x[mask]``) reaches the dispatcher as ``aten.index`` with a bool index."""
