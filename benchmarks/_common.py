@@ -14,6 +14,7 @@ import gc
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -90,14 +91,19 @@ def interleaved(
     return timings
 
 
-def ratios(timings: dict[str, Timing], baseline: str) -> dict[str, dict[str, float]]:
-    """Speed of each side relative to ``baseline`` (> 1: faster), three ways.
+def ratios(timings: dict[str, Timing], baseline: str) -> dict[str, dict[str, Any]]:
+    """Speed of each side relative to ``baseline`` (> 1: faster), four ways, and how far noise could move one.
 
     ``median``: ratio of the median rates; ``paired``: median over rounds of the per-round ratio (each round's two
-    calls ran seconds apart, so they saw nearly the same load); ``cpu``: ratio of median CPU-time rates.
+    calls ran seconds apart, so they saw nearly the same load); ``cpu``: ratio of median CPU-time rates;
+    ``fastest``: ratio of the fastest rounds. A shared host only ever adds time to a round (another tenant's
+    work on the same memory and caches shows up as CPU time too, so ``cpu`` does not remove it), so the fastest
+    round of each side is the closest to its own cost, at the risk of a lucky round. ``paired_90``: a 90%
+    bootstrap interval of ``paired`` (rounds resampled with replacement, fixed seed); an interval that holds 1.0
+    means this run cannot tell the two sides apart.
     """
     base = timings[baseline]
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, t in timings.items():
         if name == baseline:
             continue
@@ -106,8 +112,19 @@ def ratios(timings: dict[str, Timing], baseline: str) -> dict[str, dict[str, flo
             "median": round(t.rate("wall") / base.rate("wall"), 4),
             "paired": round(statistics.median(paired), 4),
             "cpu": round(t.rate("cpu") / base.rate("cpu"), 4),
+            "fastest": round(min(base.wall) / min(t.wall), 4),
+            "paired_90": [round(x, 4) for x in bootstrap_median_interval(paired)],
         }
     return out
+
+
+def bootstrap_median_interval(values: list[float], level: float = 0.90, draws: int = 2000,
+                              seed: int = 0) -> tuple[float, float]:
+    """The ``level`` percentile interval of the median of ``values`` over ``draws`` resamples with replacement."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    tail = (1.0 - level) / 2
+    return medians[int(tail * (draws - 1))], medians[int((1.0 - tail) * (draws - 1))]
 
 
 # -- environment ----------------------------------------------------------------------------------------------------

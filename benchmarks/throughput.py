@@ -1,8 +1,8 @@
 """Images/s of vitlab against timm (and Hugging Face for inference), same architecture, dtype and batch.
 
 Every case builds the sides with the same weights, then times them interleaved in this one process (see
-``_common.interleaved``) and reports medians and three ratios against timm: of medians, paired per round, and
-of CPU time. Sides:
+``_common.interleaved``) and reports medians and four ratios against timm: of medians, paired per round (with a
+90% bootstrap interval), of CPU time and of the fastest rounds. Sides:
 
 * ``vitlab``          our ViT with exact GELU (timm's numerics), full forward pass (``model(x)``): the same work
                       as timm, so its ratio is the like-for-like comparison and comes first;
@@ -237,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _line(result: dict) -> str:
     rates = ", ".join(f"{n} {s['images_per_s']:.2f}" for n, s in result["sides"].items())
-    ratios = ", ".join(f"{n}/timm {r['median']:.3f} (paired {r['paired']:.3f}, cpu {r['cpu']:.3f})"
-                       for n, r in result["ratio_vs_timm"].items())
+    ratios = ", ".join(
+        f"{n}/timm {r['median']:.3f} (paired {r['paired']:.3f} [{r['paired_90'][0]:.3f}-{r['paired_90'][1]:.3f}], "
+        f"cpu {r['cpu']:.3f}, fastest {r['fastest']:.3f})"
+        for n, r in result["ratio_vs_timm"].items())
     return f"{result['case']:<24} batch {result['batch']:>3}  img/s: {rates}  |  {ratios}"
 
 

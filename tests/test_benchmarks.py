@@ -46,7 +46,19 @@ def test_interleaved_alternates_order_and_ratios_compare_like_rounds(bench) -> N
     slow, fast = common.Timing(2, wall=[2.0, 4.0, 2.0], cpu=[1.0, 1.0, 1.0]), common.Timing(2, wall=[1.0, 2.0, 1.0],
                                                                                             cpu=[0.5, 0.5, 0.5])
     r = common.ratios({"fast": fast, "slow": slow}, "slow")["fast"]
-    assert r == {"median": 2.0, "paired": 2.0, "cpu": 2.0}
+    assert r == {"median": 2.0, "paired": 2.0, "cpu": 2.0, "fastest": 2.0, "paired_90": [2.0, 2.0]}
+
+
+def test_paired_interval_holds_one_only_when_the_rounds_disagree(bench) -> None:
+    common = bench("_common")
+    timm = common.Timing(1, wall=[1.0] * 8, cpu=[1.0] * 8)
+    steady = common.Timing(1, wall=[0.9, 0.91, 0.9, 0.92, 0.9, 0.91, 0.9, 0.92], cpu=[1.0] * 8)
+    spiky = common.Timing(1, wall=[0.8, 1.3, 0.85, 1.25, 0.8, 1.3, 0.9, 1.2], cpu=[1.0] * 8)
+    low, high = common.ratios({"steady": steady, "timm": timm}, "timm")["steady"]["paired_90"]
+    assert 1.0 < low <= high < 1.12  # every round faster: the interval excludes parity
+    r = common.ratios({"spiky": spiky, "timm": timm}, "timm")["spiky"]
+    assert r["paired_90"][0] < 1.0 < r["paired_90"][1]  # half the rounds each way: it cannot tell them apart
+    assert r["fastest"] == 1.25  # 1.0 / 0.8
 
 
 def test_throughput_quick_writes_json(bench, tmp_path) -> None:
