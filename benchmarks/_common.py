@@ -322,14 +322,25 @@ def train_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tenso
 
 
 def infer_step(model: torch.nn.Module, images: torch.Tensor, dtype: str, device: str = "cpu") -> Callable[[], None]:
+    """One forward pass without autograd. bf16 inference holds the weights and the input in bf16 (the model is
+    converted in place), as a model served in bf16 is: autocast would cast every fp32 weight again on each call,
+    a cost that grows with the weights, not the batch (profile in docs/performance.md)."""
     model.eval()
+    if dtype == "bf16":
+        model.to(torch.bfloat16)
+        images = images.to(torch.bfloat16)
     forward = forward_fn(model)
 
     def step() -> None:
-        with torch.inference_mode(), autocast(dtype, device):
+        with torch.inference_mode():
             forward(images)
 
     return step
+
+
+# How the bf16 inference cases hold their weights (recorded in the JSON: results before this field used autocast
+# over fp32 weights).
+BF16_INFERENCE = "bf16 weights and input, no autocast"
 
 
 def synthetic_batch(spec: dict, batch: int, device: str = "cpu", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

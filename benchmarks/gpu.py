@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         specs = {name: C.vit_spec(name) for name in args.models.split(",") if name}
         peak_size = 8192
     payload["machine"] = C.machine_info()
+    payload["bf16_inference"] = C.BF16_INFERENCE
     payload["device"] = device
     device_name = torch.cuda.get_device_name() if device == "cuda" else payload["machine"]["cpu"]
     published = published_peak(device_name) if device == "cuda" else None

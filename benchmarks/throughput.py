@@ -5,13 +5,17 @@ Every case builds the sides with the same weights, then times them interleaved i
 90% bootstrap interval), of CPU time and of the fastest rounds. Sides:
 
 * ``vitlab``          our ViT with exact GELU (timm's numerics), full forward pass (``model(x)``): the same work
-                      as timm, so its ratio is the like-for-like comparison and comes first;
+                      as timm, so its ratio is the like-for-like comparison and comes first. Training cases run
+                      with the attention kernels the training engine's probe picks on this CPU (``attention``
+                      in the JSON: ``explicit``, the default thresholds, or ``sdpa``);
 * ``vitlab_cls_only`` the same as the classification objective trains it (training cases):
                       ``model(x, last_block_cls_only=True)``, the last block for the class token only (same logits
                       and gradients, fewer FLOPs than timm's pass);
 * ``vitlab_tanh``    our default tanh GELU (with ``--tanh``): the official numerics, not like-for-like with timm;
 * ``vitlab_sdpa``    ``vitlab`` with every attention through SDPA (with ``--sdpa``): what the explicit product of
                       short fp32 CPU sequences (``vitlab.models.kernels.attention``) saves;
+* ``vitlab_explicit`` ``vitlab`` with the default thresholds whatever the probe picked (with ``--explicit``): what
+                      the probe's choice of SDPA saves where it made one;
 * ``timm``           timm's VisionTransformer (fused attention = SDPA);
 * ``hf``             Hugging Face ViTForImageClassification with SDPA (inference cases).
 
@@ -23,6 +27,7 @@ Run from the repository root::
     python benchmarks/throughput.py --quick         # seconds: a smoke test
     python benchmarks/throughput.py --only none --engine   # the training engine against a bare loop
     python benchmarks/throughput.py --only fmnist_tiny-train-fp32 --sdpa   # explicit attention against SDPA
+    python benchmarks/throughput.py --only fmnist_tiny-train-fp32 --explicit   # the probe's choice against the default
 
 ``--engine`` adds one more comparison: ``vitlab.train.engine.run_training`` on the races' Fashion-MNIST tiny ViT
 (synthetic 28x28 data through the real data stream, no test evaluation, no checkpoints) against a bare loop (the
@@ -45,6 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import _common as C  # noqa: E402
+from vitlab.train.attention_probe import EXPLICIT, attention_kernels, choose_attention  # noqa: E402
+from vitlab.train.probe import ProbeInput  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,7 @@ def case_spec(case: Case, quick: bool) -> tuple[dict, int, str]:
     return spec, case.batch or batch, origin
 
 
-def sides(case: Case, spec: dict, tanh: bool, sdpa: bool) -> dict[str, torch.nn.Module]:
+def sides(case: Case, spec: dict, tanh: bool, sdpa: bool, explicit: bool) -> dict[str, torch.nn.Module]:
     timm_model = C.build_timm(spec)
     models: dict[str, torch.nn.Module] = {"vitlab": C.build_ours(spec, like=timm_model)}
     if case.task == "train" and case.cls_only:
@@ -106,39 +113,57 @@ def sides(case: Case, spec: dict, tanh: bool, sdpa: bool) -> dict[str, torch.nn.
         models["vitlab_tanh"] = C.build_ours(spec, gelu="tanh", like=timm_model)
     if sdpa:
         models["vitlab_sdpa"] = C.build_ours(spec, like=timm_model)
+    if explicit:
+        models["vitlab_explicit"] = C.build_ours(spec, like=timm_model)
     models["timm"] = timm_model
     if case.task == "infer":
         models["hf"] = C.build_hf(spec)
     return models
 
 
-def through_sdpa(call: Callable[[], None]) -> Callable[[], None]:
-    """``call`` with the explicit-attention path switched off while it runs (every attention through SDPA)."""
-    from vitlab.models import kernels
-
+def under_attention(choice: str, call: Callable[[], None]) -> Callable[[], None]:
+    """``call`` with the attention kernels of ``choice`` (``explicit``: the default thresholds; ``sdpa``: every
+    attention through SDPA) while it runs."""
     def run() -> None:
-        saved = kernels.EXPLICIT_ATTENTION_MAX_KEYS, kernels.EXPLICIT_ATTENTION_MAX_KEYS_BF16
-        kernels.EXPLICIT_ATTENTION_MAX_KEYS = kernels.EXPLICIT_ATTENTION_MAX_KEYS_BF16 = 0
-        try:
+        with attention_kernels(choice):
             call()
-        finally:
-            kernels.EXPLICIT_ATTENTION_MAX_KEYS, kernels.EXPLICIT_ATTENTION_MAX_KEYS_BF16 = saved
 
     return run
+
+
+def through_sdpa(call: Callable[[], None]) -> Callable[[], None]:
+    """``call`` with every attention through SDPA (the ``vitlab_sdpa`` side)."""
+    return under_attention("sdpa", call)
+
+
+def engine_attention(case: Case, spec: dict, batch: int, model: torch.nn.Module) -> str:
+    """The attention kernels vitlab's training engine would run this case with on this CPU (its probe's verdict,
+    cached per machine and model: ``vitlab.train.attention_probe``); inference keeps the default thresholds."""
+    if case.task != "train":
+        return EXPLICIT
+    size = spec["img_size"] if isinstance(spec["img_size"], int) else spec["img_size"][0]
+    probe = ProbeInput(model, batch, spec["in_chans"], size, spec["num_classes"])
+    return choose_attention(probe, torch.bfloat16 if case.dtype == "bf16" else None)
 
 
 def run_case(case: Case, args: Any) -> dict[str, Any]:
     spec, batch, origin = case_spec(case, args.quick)
     torch.manual_seed(0)
-    models = sides(case, spec, args.tanh, args.sdpa)
+    models = sides(case, spec, args.tanh, args.sdpa, args.explicit)
     images, labels = C.synthetic_batch(spec, batch)
     calls: dict[str, Callable[[], None]] = {
         name: (C.train_step(model, images, labels, case.dtype, last_block_cls_only=name == "vitlab_cls_only")
                if case.task == "train" else C.infer_step(model, images, case.dtype))
         for name, model in models.items()
     }
+    attention = engine_attention(case, spec, batch, models["vitlab"])
+    for name in ("vitlab", "vitlab_cls_only", "vitlab_tanh"):
+        if name in calls:
+            calls[name] = under_attention(attention, calls[name])
     if "vitlab_sdpa" in calls:
         calls["vitlab_sdpa"] = through_sdpa(calls["vitlab_sdpa"])
+    if "vitlab_explicit" in calls:
+        calls["vitlab_explicit"] = under_attention(EXPLICIT, calls["vitlab_explicit"])
     load_before = os.getloadavg()
     started = time.perf_counter()
     if args.quick:
@@ -150,7 +175,7 @@ def run_case(case: Case, args: Any) -> dict[str, Any]:
     result = {
         "case": case.name, "model": case.model, "task": case.task, "dtype": case.dtype, "batch": batch,
         "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.items()}, "spec_from": origin,
-        "flops_per_image": flops,
+        "flops_per_image": flops, "attention": attention,
         "sides": {name: t.summary() for name, t in timings.items()},
         "ratio_vs_timm": C.ratios(timings, "timm"),
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
@@ -205,10 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = C.base_parser(__doc__.splitlines()[0], "throughput.json")
     parser.add_argument("--tanh", action="store_true", help="also time our default tanh-GELU model")
     parser.add_argument("--sdpa", action="store_true", help="also time our model with every attention through SDPA")
+    parser.add_argument("--explicit", action="store_true",
+                        help="also time our model with the default attention thresholds, whatever the probe picked")
     parser.add_argument("--engine", action="store_true", help="also time the training engine against a bare loop")
     args = parser.parse_args(argv)
     C.apply_threads(args.threads)
-    payload: dict[str, Any] = {"script": "throughput", "quick": args.quick, "machine": C.machine_info(),
+    payload: dict[str, Any] = {"script": "throughput", "quick": args.quick, "machine": C.machine_info(), "bf16_inference": C.BF16_INFERENCE,
                                "timm_fused_attn": _timm_fused_attn(), "cases": []}
     only = args.only or (QUICK_CASES if args.quick else None)
     for case in CASES:

@@ -107,6 +107,28 @@ def test_throughput_sdpa_side_runs_every_attention_through_sdpa(bench, monkeypat
     assert len(calls) == spec["depth"]  # the switch is undone after the call
 
 
+def test_throughput_explicit_side_keeps_the_default_when_the_probe_picks_sdpa(bench, tmp_path, monkeypatch) -> None:
+    throughput = bench("throughput")
+    import torch.nn.functional as F
+
+    monkeypatch.setattr(throughput, "choose_attention", lambda probe, dtype: "sdpa")  # as on the Xeon in fp32
+    calls, sdpa = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    out = tmp_path / "throughput.json"
+    assert throughput.main(["--quick", "--explicit", "--only", "fmnist_tiny-train-fp32", "--out", str(out)]) == 0
+    case = json.loads(out.read_text())["cases"][0]
+    assert case["attention"] == "sdpa"
+    assert list(case["sides"]) == ["vitlab", "vitlab_cls_only", "vitlab_explicit", "timm"]
+    assert "vitlab_explicit" in case["ratio_vs_timm"]
+    common = bench("_common")
+    spec = dict(common.fmnist_tiny_spec()[0], **throughput.QUICK_SPEC)
+    images, labels = common.synthetic_batch(spec, 2)
+    step = common.train_step(common.build_ours(spec), images, labels, "fp32")
+    calls.clear()
+    throughput.under_attention("explicit", step)()
+    assert calls == []  # the default thresholds: 17 keys in fp32 take the explicit product
+
+
 def test_mfu_quick_writes_json(bench, tmp_path) -> None:
     mfu = bench("mfu")
     out = tmp_path / "mfu.json"

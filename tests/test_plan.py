@@ -18,9 +18,11 @@ from vitlab.train.commands_plan import measure_in_subprocess
 # (preset, overrides, micro-batch, tolerance of the checkpointed step): the explicit attention of short sequences
 # (50 tokens), SDPA (257 tokens), and a hybrid (ResNet root, 17 tokens). SDPA's CPU kernel takes a working buffer
 # that depends on the instruction set: the same checkpointed 257-token step measured 34.9 MiB on a quiet Zen 5
-# (AVX-512) and 47.4 MiB on a quiet Zen 1 (AVX2) against the model's 43.9, so that one case gets 30%.
+# (AVX-512) and 47.4 MiB on a quiet Zen 1 (AVX2) against the model's 43.9, so that one case gets 30%. The
+# checkpointed 50-token step measured 24.2-24.5 MiB in three runs on an Intel Xeon with AMX against the model's
+# 28.2 (15.1-16.6% apart; within 15% on the AMD hosts), so it gets 20%.
 SMALL = [
-    ("fmnist-vit-ti4", [], 64, 0.15),
+    ("fmnist-vit-ti4", [], 64, 0.20),
     ("fmnist-vit-ti4", ["data.img_size=32", "model.patch_size=2"], 16, 0.30),
     ("fmnist-vit-tiny", [], 64, 0.15),
 ]

@@ -10,6 +10,7 @@ from train_helpers import tiny_config
 from vitlab.models.vit import VisionTransformer, ViTConfig
 from vitlab.train import precision as P
 from vitlab.train import run_training
+from vitlab.train.probe import cpu_model
 
 AMX = {"fpu", "avx512f", "amx_bf16", "amx_tile"}
 ZEN5 = {"fpu", "avx512f", "avx512_bf16"}
@@ -57,7 +58,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path) -> None:
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx512f avx512_bf16\n\nprocessor\t: 1\n")
     assert P.cpu_flags(str(info)) == {"fpu", "avx512f", "avx512_bf16"}
-    assert P.cpu_model(str(info)) == "Some CPU"
+    assert cpu_model(str(info)) == "Some CPU"
     assert P.cpu_flags(str(tmp_path / "missing")) == set()
 
 

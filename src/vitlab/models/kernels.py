@@ -13,10 +13,17 @@ score matrix is tiny, is two to three times faster forward plus backward. In bf1
 flash kernel's backward is slower still, and the explicit product wins up to ViT-S/16's 197 tokens. Same math,
 other summation order (the softmax accumulates in fp32 and rounds its probabilities to bf16, as the flash kernel
 does before its second product).
+
+Which of the two is faster also depends on the CPU: on one Intel Xeon the CPU flash kernel's fp32 backward beat the
+explicit product at 17 keys, the reverse of the AMD CPUs the thresholds were measured on. The thresholds are
+therefore the default, and :func:`sdpa_attention` switches the explicit path off where a measurement on the machine
+at hand found SDPA faster (``vitlab.train.attention_probe`` decides, for the training engine and the benchmarks);
+:func:`recording_attention_paths` tells such a measurement whether a model takes the explicit path at all.
 """
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -120,12 +127,42 @@ def _compute_dtype(q: torch.Tensor) -> torch.dtype:
     return q.dtype
 
 
+# False while :func:`sdpa_attention` is active: every attention goes through SDPA.
+_EXPLICIT_ALLOWED = True
+# While :func:`recording_attention_paths` is active: one entry per attention call, True for the explicit product.
+_PATH_LOG: Optional[list[bool]] = None
+
+
+@contextmanager
+def sdpa_attention(enabled: bool = True) -> Iterator[None]:
+    """Every attention through SDPA while active (``enabled=False``: the default choice, i.e. no change)."""
+    global _EXPLICIT_ALLOWED
+    saved = _EXPLICIT_ALLOWED
+    _EXPLICIT_ALLOWED = saved and not enabled
+    try:
+        yield
+    finally:
+        _EXPLICIT_ALLOWED = saved
+
+
+@contextmanager
+def recording_attention_paths() -> Iterator[list[bool]]:
+    """A list that collects, per call of :func:`attention` while active, whether it took the explicit product."""
+    global _PATH_LOG
+    saved, _PATH_LOG = _PATH_LOG, []
+    try:
+        yield _PATH_LOG
+    finally:
+        _PATH_LOG = saved
+
+
 def uses_explicit_attention(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """True where :func:`attention` computes the product explicitly: on a CPU, few keys, fp32 or native bf16.
+    """True where :func:`attention` computes the product explicitly: on a CPU, few keys, fp32 or native bf16,
+    unless :func:`sdpa_attention` is active.
 
     bf16 without native support (PyTorch's reference GEMM) keeps SDPA: the explicit path was not measured there.
     """
-    if q.device.type != "cpu":
+    if q.device.type != "cpu" or not _EXPLICIT_ALLOWED:
         return False
     dtype = _compute_dtype(q)
     if dtype == torch.float32:
@@ -139,7 +176,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: floa
               bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d) + bias) v`` with dropout on the probabilities: SDPA, or the explicit product where
     faster. ``bias`` is an additive float term on the logits (SDPA's float ``attn_mask``)."""
-    if not uses_explicit_attention(q, k):
+    explicit = uses_explicit_attention(q, k)
+    if _PATH_LOG is not None:
+        _PATH_LOG.append(explicit)
+    if not explicit:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
     probs = attention_probs(q, k, bias)
     if dropout_p:

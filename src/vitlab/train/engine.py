@@ -45,7 +45,9 @@ from vitlab.train.hooks import Every, Reading, StepMeter, StopHook
 from vitlab.train.model_init import build_model, default_img_size, init_in_chans
 from vitlab.train.objectives import Objective, build_objective, metric_name, named_metrics
 from vitlab.train.optim import EMA, Schedule, build_optimizer, set_lr
-from vitlab.train.precision import Precision, ProbeInput, resolve_precision
+from vitlab.train.attention_probe import attention_kernels, choose_attention
+from vitlab.train.precision import Precision, resolve_precision
+from vitlab.train.probe import ProbeInput
 from vitlab.train.resume import RunCheckpoints, check_run_dir
 from vitlab.train.rundir import RunDir
 from vitlab.train.state import StopRequest, TrainState, rng_state, seed_everything, set_rng_state
@@ -91,6 +93,7 @@ class Trainer:
         self.objective = objective or build_objective(cfg.train.loss, cfg.train.label_smoothing,
                                                       cfg.train.objective)
         self.precision: Precision  # resolved once the model exists (precision=auto may time it)
+        self.attention: str  # explicit | sdpa: measured once the model exists (vitlab.train.attention_probe)
         self.micro = cfg.micro_batch_size(self.env.world_size)
         self.accum = cfg.accumulation_steps(self.env.world_size)
         sharded = (ShardedCheckpoints(self.run_dir.checkpoints / "sharded", self.env)
@@ -139,8 +142,9 @@ class Trainer:
                             in_chans=plan.in_chans, img_size=plan.img_size, classes=plan.classes,
                             source_channels=plan.source_channels).to(env.device)
         dist_utils.set_activation_checkpointing(model, cfg.train.activation_checkpointing)
-        self.precision = resolve_precision(cfg.train.precision, env.device, ProbeInput(
-            model, self.micro, plan.in_chans, plan.img_size, plan.num_classes))
+        probe = ProbeInput(model, self.micro, plan.in_chans, plan.img_size, plan.num_classes)
+        self.precision = resolve_precision(cfg.train.precision, env.device, probe)
+        self.attention = choose_attention(probe, self.precision.dtype)
         ema = EMA(model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         scaler = torch.amp.GradScaler(env.device.type, enabled=self.precision.scaler)
         seed_everything(cfg.seed * 7919 + 1 + env.rank)  # dropout / stochastic depth: a stream per rank
@@ -173,13 +177,14 @@ class Trainer:
                            enabled=env.is_main))
         self._announce(p, resuming=loaded is not None)
         try:
-            with StopRequest() as stop:
-                stopped = self._loop(p, stop)
-            if stopped is not None:
-                return {"interrupted": True, "signal": stopped, "step": state.step}
-            if not state.finished:
-                self._save(p, finished=True)
-            return self._finish(p)
+            with attention_kernels(self.attention):
+                with StopRequest() as stop:
+                    stopped = self._loop(p, stop)
+                if stopped is not None:
+                    return {"interrupted": True, "signal": stopped, "step": state.step}
+                if not state.finished:
+                    self._save(p, finished=True)
+                return self._finish(p)
         finally:
             p.progress.close()
             self.run_dir.close()
@@ -382,6 +387,7 @@ class Trainer:
             "accumulation_steps": self.accum,
             "world_size": env.world_size,
             "precision": self.precision.name,
+            "attention": self.attention,  # explicit (the default thresholds) | sdpa (measured faster here)
             "device": str(env.device),
             "num_threads": torch.get_num_threads(),  # what the thread rule chose (vitlab.train.threads)
             "train_images": p.plan.train_size,
