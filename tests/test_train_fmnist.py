@@ -63,30 +63,29 @@ def test_short_fashion_mnist_run_learns_and_shows_progress(tmp_path, fashion_mni
     assert summary["metrics"]["test_accuracy"] > 0.2  # chance is 0.10
 
 
-@pytest.mark.slow
-def test_fmnist_vit_tiny_preset_reaches_91_percent_in_10_minutes(tmp_path, fashion_mnist_available):
-    """The issue's acceptance run (minutes on 2 cores; `pytest -m slow`)."""
-    out = tmp_path / "preset"
-    result = subprocess.run(vitlab_cmd("pretrain", "--config", "fmnist-vit-tiny", "--out", str(out)),
+def _acceptance_run(tmp_path, preset: str, accuracy: float) -> dict:
+    """``vitlab pretrain --config PRESET`` end to end: at least ``accuracy`` on the test set, and within 600 s in
+    bf16 where the CPU has AMX (the machine the presets' step counts were measured on)."""
+    out = tmp_path / preset
+    result = subprocess.run(vitlab_cmd("pretrain", "--config", preset, "--out", str(out)),
                             capture_output=True, text=True, timeout=1800, env=dict(os.environ))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["metrics"]["test_accuracy"] >= 0.91
+    assert summary["metrics"]["test_accuracy"] >= accuracy
     if "amx_bf16" in cpu_flags():
         assert summary["precision"] == "bf16"
         assert summary["wall_seconds"] <= 600
+    return summary
+
+
+@pytest.mark.slow
+def test_fmnist_vit_tiny_preset_reaches_91_percent_in_10_minutes(tmp_path, fashion_mnist_available):
+    """The issue's acceptance run (minutes on 2 cores; `pytest -m slow`)."""
+    _acceptance_run(tmp_path, "fmnist-vit-tiny", 0.91)
 
 
 @pytest.mark.slow
 def test_fmnist_vit_plain_preset_reaches_90_percent_in_10_minutes(tmp_path, fashion_mnist_available):
     """Issue 18's plain-ViT acceptance run (patches, no stem; minutes on 2 cores; `pytest -m slow`)."""
-    out = tmp_path / "plain"
-    result = subprocess.run(vitlab_cmd("pretrain", "--config", "fmnist-vit-plain", "--out", str(out)),
-                            capture_output=True, text=True, timeout=1800, env=dict(os.environ))
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["model_spec"]["family"] == "vit" and summary["model_spec"]["patch_size"] == 6  # no stem
-    assert summary["metrics"]["test_accuracy"] >= 0.90
-    if "amx_bf16" in cpu_flags():
-        assert summary["precision"] == "bf16"
-        assert summary["wall_seconds"] <= 600
+    spec = _acceptance_run(tmp_path, "fmnist-vit-plain", 0.90)["model_spec"]
+    assert spec["family"] == "vit" and spec["patch_size"] == 6  # no stem
