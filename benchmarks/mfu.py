@@ -133,7 +133,8 @@ def measure_case(case, spec: dict, batch: int, peak: dict[str, Any], args: Any) 
 def main(argv: list[str] | None = None) -> int:
     args = C.base_parser(__doc__.splitlines()[0], "mfu.json").parse_args(argv)
     C.apply_threads(args.threads)
-    payload: dict[str, Any] = {"script": "mfu", "quick": args.quick, "machine": C.machine_info(), "bf16_inference": C.BF16_INFERENCE}
+    payload: dict[str, Any] = {"script": "mfu", "quick": args.quick, "machine": C.machine_info(),
+                               "bf16_inference": C.BF16_INFERENCE}
 
     C.log("[mfu] surveying GEMM layouts and sizes ...")
     surveys, peaks = {}, {}

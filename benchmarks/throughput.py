@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", action="store_true", help="also time the training engine against a bare loop")
     args = parser.parse_args(argv)
     C.apply_threads(args.threads)
-    payload: dict[str, Any] = {"script": "throughput", "quick": args.quick, "machine": C.machine_info(), "bf16_inference": C.BF16_INFERENCE,
+    payload: dict[str, Any] = {"script": "throughput", "quick": args.quick, "machine": C.machine_info(),
+                               "bf16_inference": C.BF16_INFERENCE,
                                "timm_fused_attn": _timm_fused_attn(), "cases": []}
     only = args.only or (QUICK_CASES if args.quick else None)
     for case in CASES:

@@ -90,7 +90,8 @@ def test_a_failing_probe_keeps_the_default(tmp_path, monkeypatch) -> None:
 
 @pytest.mark.parametrize("sdpa_faster", [True, False])
 def test_the_engine_trains_with_the_kernels_the_probe_chose(tmp_path, monkeypatch, sdpa_faster) -> None:
-    monkeypatch.setattr(A, "time_probe", lambda probe, dtype: {"explicit_s": 1.0, "sdpa_s": 0.5 if sdpa_faster else 1.0})
+    timings = {"explicit_s": 1.0, "sdpa_s": 0.5 if sdpa_faster else 1.0}
+    monkeypatch.setattr(A, "time_probe", lambda probe, dtype: timings)
     calls = count_sdpa(monkeypatch)
     summary = run_training(tiny_config(train={"precision": "fp32", "steps": 3, "checkpoint_every": 0}), tmp_path,
                            evaluate_test=False)

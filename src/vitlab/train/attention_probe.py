@@ -1,14 +1,14 @@
 """Whether a run's attention takes the explicit product or SDPA on this CPU: measured, once per machine and model.
 
 ``vitlab.models.kernels.attention`` computes short sequences on a CPU as an explicit ``softmax(q k^T) v`` because
-PyTorch's CPU flash-attention kernel was slower there on the AMD CPUs where the thresholds were measured. On other
-CPUs the flash kernel wins (on an Intel Xeon with AMX, in fp32 at 17 keys: docs/performance.md), so the thresholds
-are only a default. Where a model takes the explicit path at all, this
-probe times forward+backward steps of the actual model both ways, interleaved, and keeps the default unless SDPA is
-at least ``SDPA_MIN_SPEEDUP`` faster (a switch must pay beyond the noise, and the default was measured too). The
-verdict is cached per (CPU model, threads, torch version, model shapes, batch, precision) beside the precision
-probe's, so every run of a model on a machine uses the same kernels. The two paths compute the same function in a
-different summation order.
+PyTorch's CPU flash-attention kernel was slower there on the AMD CPUs where the thresholds were measured, on the
+product alone. Inside a model the answer can differ (on an Intel Xeon with AMX the tiny Fashion-MNIST ViT's fp32
+step ran faster through SDPA: docs/performance.md), so the thresholds are only a default. Where a model takes the
+explicit path at all, this probe times forward+backward steps of the actual model both ways, interleaved, and keeps
+the default unless SDPA is at least ``SDPA_MIN_SPEEDUP`` faster (a switch must pay beyond the noise, and the default
+was measured too). The verdict is cached per (CPU model, threads, torch version, model shapes, batch, precision)
+beside the precision probe's, so every run of a model on a machine uses the same kernels. The two paths compute the
+same function in a different summation order.
 """
 from __future__ import annotations
 
